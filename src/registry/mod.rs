@@ -1,0 +1,637 @@
+//! The backend registry: validated commands in, leased servers out. Pure: time
+//! is an argument, I/O happens elsewhere.
+
+pub mod entry;
+pub mod policy;
+pub mod types;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use entry::{Entry, Op};
+pub use policy::{PolicyError, PortPolicy, PortRange};
+pub use types::{FieldError, Key, PeerId, ServerAddr, ServiceName};
+pub use view::{FrontendView, RegistryView, ServerView};
+
+use crate::clock::{Hlc, Stamp};
+
+/// Bounds that keep one registry's size and leases sane.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_servers: usize,
+    pub max_servers_per_frontend: usize,
+    pub max_frontends: usize,
+    /// The clock skew between peers that must not change any outcome.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // Three times the original client's 600 s interval.
+            default_ttl: Duration::from_secs(1800),
+            min_ttl: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(24 * 3600),
+            max_servers: 10_000,
+            max_servers_per_frontend: 256,
+            max_frontends: 1_000,
+            max_clock_skew: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A request to change the registry, already validated field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Add the server to the frontend's pool, or renew its lease.
+    Register {
+        key: Key,
+        name: ServiceName,
+        send_proxy: bool,
+        ttl: Option<Duration>,
+    },
+    /// Withdraw the server from the frontend's pool at once.
+    Delete { key: Key, name: ServiceName },
+}
+
+impl Command {
+    pub fn key(&self) -> Key {
+        match self {
+            Self::Register { key, .. } | Self::Delete { key, .. } => *key,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A server that was not in the pool now is.
+    Registered,
+    /// A server already in the pool got a new lease.
+    Renewed,
+    /// A server already in the pool got a new lease and changed options.
+    Updated,
+    /// A server in the pool left it.
+    Deleted,
+    /// A delete for a server that was not in the pool (recorded anyway, so an
+    /// add for it still in flight elsewhere in the mesh loses).
+    Absent,
+}
+
+/// The result of an accepted command: what to answer and what to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub outcome: Outcome,
+    pub key: Key,
+    pub name: ServiceName,
+    /// The entry this peer now holds for `key`; persist and replicate it.
+    pub entry: Entry,
+    /// The registry generation this change created (or found, for a no-op).
+    pub generation: u64,
+    /// The config generation HAProxy must reach to serve this change.
+    pub config_generation: u64,
+    /// Whether HAProxy's config must change for this to be served.
+    pub affects_config: bool,
+}
+
+/// Why a command was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(
+        "frontend port {port} is owned by {owner:?}; {name:?} cannot claim it while it has live servers"
+    )]
+    NameConflict {
+        port: u16,
+        owner: ServiceName,
+        name: ServiceName,
+    },
+    #[error("server {server} on frontend port {port} is registered by {owner:?}, not {name:?}")]
+    NotOwner {
+        port: u16,
+        server: SocketAddr,
+        owner: ServiceName,
+        name: ServiceName,
+    },
+    #[error("lease of {requested:?} is outside the allowed {min:?} to {max:?}")]
+    TtlOutOfRange {
+        requested: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("registry full: {0}")]
+    Full(String),
+}
+
+/// All entries known for one key, by the peer that wrote them, and the winner.
+#[derive(Debug, Clone, Default)]
+struct KeyEntries {
+    by_peer: BTreeMap<PeerId, Entry>,
+    winner: Option<PeerId>,
+}
+
+impl KeyEntries {
+    fn winner(&self) -> Option<&Entry> {
+        self.winner.as_ref().and_then(|p| self.by_peer.get(p))
+    }
+
+    fn newest_stamp(&self) -> Stamp {
+        self.by_peer
+            .values()
+            .map(|e| e.stamp)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// The registry state of one peer: its own entries and those gossiped from others.
+#[derive(Debug)]
+pub struct Registry {
+    node: PeerId,
+    limits: Limits,
+    policy: PortPolicy,
+    hlc: Hlc,
+    keys: BTreeMap<Key, KeyEntries>,
+    /// Keys whose winner is an add (live or expired but not yet collected).
+    adds: usize,
+    /// Keys whose winner is a delete.
+    tombstones: usize,
+    /// Per frontend port, keys whose winner is an add.
+    adds_per_frontend: BTreeMap<u16, usize>,
+    generation: u64,
+    config_generation: u64,
+}
+
+impl Registry {
+    pub fn new(node: PeerId, limits: Limits, policy: PortPolicy) -> Self {
+        Self {
+            node,
+            limits,
+            policy,
+            hlc: Hlc::default(),
+            keys: BTreeMap::new(),
+            adds: 0,
+            tombstones: 0,
+            adds_per_frontend: BTreeMap::new(),
+            generation: 0,
+            config_generation: 0,
+        }
+    }
+
+    pub fn node(&self) -> &PeerId {
+        &self.node
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation
+    }
+
+    /// Validates and applies one command at wall time `now_ms`.
+    pub fn apply(&mut self, cmd: Command, now_ms: u64) -> Result<Change, RegistryError> {
+        match cmd {
+            Command::Register {
+                key,
+                name,
+                send_proxy,
+                ttl,
+            } => self.register(key, name, send_proxy, ttl, now_ms),
+            Command::Delete { key, name } => self.delete(key, name, now_ms),
+        }
+    }
+
+    fn register(
+        &mut self,
+        key: Key,
+        name: ServiceName,
+        send_proxy: bool,
+        ttl: Option<Duration>,
+        now_ms: u64,
+    ) -> Result<Change, RegistryError> {
+        self.policy.check(key.frontend)?;
+        let ttl = ttl.unwrap_or(self.limits.default_ttl);
+        if ttl < self.limits.min_ttl || ttl > self.limits.max_ttl {
+            return Err(RegistryError::TtlOutOfRange {
+                requested: ttl,
+                min: self.limits.min_ttl,
+                max: self.limits.max_ttl,
+            });
+        }
+        if let Some(owner) = self.owner(key.frontend, now_ms) {
+            if owner != name {
+                return Err(RegistryError::NameConflict {
+                    port: key.frontend,
+                    owner,
+                    name,
+                });
+            }
+        }
+        let current = self.keys.get(&key);
+        let live = current
+            .and_then(KeyEntries::winner)
+            .filter(|e| e.live_until(now_ms).is_some() && e.name() == &name)
+            .cloned();
+        if live.is_none() {
+            self.check_room(key, now_ms)?;
+        }
+        let observed = self
+            .keys
+            .get(&key)
+            .map(KeyEntries::newest_stamp)
+            .unwrap_or_default();
+        let stamp = self.hlc.tick(now_ms);
+        let (outcome, since_ms) = match &live {
+            Some(Entry {
+                op:
+                    Op::Add {
+                        since_ms,
+                        send_proxy: was,
+                        ..
+                    },
+                ..
+            }) => (
+                if *was == send_proxy {
+                    Outcome::Renewed
+                } else {
+                    Outcome::Updated
+                },
+                *since_ms,
+            ),
+            _ => (Outcome::Registered, now_ms),
+        };
+        let entry = Entry {
+            stamp,
+            observed,
+            op: Op::Add {
+                name: name.clone(),
+                send_proxy,
+                since_ms,
+                expires_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+            },
+        };
+        Ok(self.commit_own(key, name, entry, outcome))
+    }
+
+    fn delete(
+        &mut self,
+        key: Key,
+        name: ServiceName,
+        now_ms: u64,
+    ) -> Result<Change, RegistryError> {
+        let current = self.keys.get(&key).and_then(KeyEntries::winner);
+        let was_live = match current {
+            Some(e) if e.live_until(now_ms).is_some() => {
+                if e.name() != &name {
+                    return Err(RegistryError::NotOwner {
+                        port: key.frontend,
+                        server: key.server,
+                        owner: e.name().clone(),
+                        name,
+                    });
+                }
+                true
+            }
+            Some(e) if e.is_delete() => {
+                // Already withdrawn everywhere this peer knows of.
+                return Ok(Change {
+                    outcome: Outcome::Absent,
+                    key,
+                    name,
+                    entry: e.clone(),
+                    generation: self.generation,
+                    config_generation: self.config_generation,
+                    affects_config: false,
+                });
+            }
+            _ => false,
+        };
+        if !was_live && self.tombstones >= self.limits.max_servers {
+            return Err(RegistryError::Full(format!(
+                "{} recent deletes are remembered; try again later",
+                self.tombstones
+            )));
+        }
+        let observed = self
+            .keys
+            .get(&key)
+            .map(KeyEntries::newest_stamp)
+            .unwrap_or_default();
+        let entry = Entry {
+            stamp: self.hlc.tick(now_ms),
+            observed,
+            op: Op::Delete { name: name.clone() },
+        };
+        let outcome = if was_live {
+            Outcome::Deleted
+        } else {
+            Outcome::Absent
+        };
+        Ok(self.commit_own(key, name, entry, outcome))
+    }
+
+    fn commit_own(
+        &mut self,
+        key: Key,
+        name: ServiceName,
+        entry: Entry,
+        outcome: Outcome,
+    ) -> Change {
+        let affects_config = outcome != Outcome::Renewed && outcome != Outcome::Absent;
+        let node = self.node.clone();
+        self.set_entry(key, node, Some(entry.clone()));
+        self.generation += 1;
+        if affects_config {
+            self.config_generation += 1;
+        }
+        Change {
+            outcome,
+            key,
+            name,
+            entry,
+            generation: self.generation,
+            config_generation: self.config_generation,
+            affects_config,
+        }
+    }
+
+    /// Refuses a new server if it would exceed a size bound. Collects expired
+    /// entries first when close to a bound, so stale leases never block.
+    fn check_room(&mut self, key: Key, now_ms: u64) -> Result<(), RegistryError> {
+        let full = |r: &Self| -> Option<String> {
+            let frontend_adds = r.adds_per_frontend.get(&key.frontend).copied().unwrap_or(0);
+            if r.adds >= r.limits.max_servers {
+                Some(format!("{} servers registered (max-servers)", r.adds))
+            } else if frontend_adds >= r.limits.max_servers_per_frontend {
+                Some(format!(
+                    "frontend port {} has {} servers (max-servers-per-frontend)",
+                    key.frontend, frontend_adds
+                ))
+            } else if frontend_adds == 0 && r.adds_per_frontend.len() >= r.limits.max_frontends {
+                Some(format!(
+                    "{} frontends registered (max-frontends)",
+                    r.adds_per_frontend.len()
+                ))
+            } else {
+                None
+            }
+        };
+        if full(self).is_none() {
+            return Ok(());
+        }
+        self.collect_garbage(now_ms);
+        match full(self) {
+            None => Ok(()),
+            Some(why) => Err(RegistryError::Full(why)),
+        }
+    }
+
+    /// The name owning a frontend at `now_ms`: the oldest live claim.
+    pub fn owner(&self, frontend: u16, now_ms: u64) -> Option<ServiceName> {
+        self.live_in(frontend, now_ms)
+            .min_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Live adds of one frontend as (name, since_ms).
+    fn live_in(&self, frontend: u16, now_ms: u64) -> impl Iterator<Item = (&ServiceName, u64)> {
+        let lo = Key {
+            frontend,
+            server: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        self.keys
+            .range(lo..)
+            .take_while(move |(k, _)| k.frontend == frontend)
+            .filter_map(move |(_, ke)| {
+                let e = ke.winner()?;
+                e.live_until(now_ms)?;
+                match &e.op {
+                    Op::Add { name, since_ms, .. } => Some((name, *since_ms)),
+                    Op::Delete { .. } => None,
+                }
+            })
+    }
+
+    /// Records `entry` as `peer`'s latest for `key` (or forgets it with `None`)
+    /// and recomputes the winner. Used for own writes, restore and gossip.
+    pub fn set_entry(&mut self, key: Key, peer: PeerId, entry: Option<Entry>) {
+        let ke = self.keys.entry(key).or_default();
+        let before = ke.winner().map(Entry::is_delete);
+        match entry {
+            Some(e) => {
+                self.hlc.observe(e.stamp);
+                ke.by_peer.insert(peer, e);
+            }
+            None => {
+                ke.by_peer.remove(&peer);
+            }
+        }
+        ke.winner =
+            entry::winner(ke.by_peer.iter(), self.limits.max_clock_skew).map(|(p, _)| p.clone());
+        let after = ke.winner().map(Entry::is_delete);
+        if ke.by_peer.is_empty() {
+            self.keys.remove(&key);
+        }
+        self.count(key.frontend, before, -1);
+        self.count(key.frontend, after, 1);
+    }
+
+    /// Like [`Registry::set_entry`] for a peer's write arriving from elsewhere:
+    /// bumps the generations so watchers re-render.
+    pub fn merge_remote(&mut self, key: Key, peer: PeerId, entry: Option<Entry>) {
+        self.set_entry(key, peer, entry);
+        self.generation += 1;
+        self.config_generation += 1;
+    }
+
+    fn count(&mut self, frontend: u16, winner_is_delete: Option<bool>, delta: isize) {
+        match winner_is_delete {
+            None => {}
+            Some(true) => self.tombstones = self.tombstones.saturating_add_signed(delta),
+            Some(false) => {
+                self.adds = self.adds.saturating_add_signed(delta);
+                let n = self.adds_per_frontend.entry(frontend).or_default();
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    self.adds_per_frontend.remove(&frontend);
+                }
+            }
+        }
+    }
+
+    /// This peer's own entries: what it persists and publishes.
+    pub fn own_entries(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, ke)| ke.by_peer.get(&self.node).map(|e| (k, e)))
+    }
+
+    /// Whether an entry still means anything at `now_ms`: a live add, or a
+    /// tombstone young enough that an add it must beat could still be around.
+    pub fn entry_matters(&self, entry: &Entry, now_ms: u64) -> bool {
+        match entry.op {
+            Op::Add { expires_ms, .. } => expires_ms > now_ms,
+            Op::Delete { .. } => {
+                let keep = self.limits.max_ttl + self.limits.max_clock_skew * 2;
+                entry
+                    .stamp
+                    .wall_ms()
+                    .saturating_add(keep.as_millis() as u64)
+                    > now_ms
+            }
+        }
+    }
+
+    /// Forgets expired leases and old tombstones of every peer. Returns how
+    /// many entries went. Does not bump generations: the view at `now_ms` is
+    /// unchanged by forgetting what is no longer live.
+    pub fn collect_garbage(&mut self, now_ms: u64) -> usize {
+        let mut dead: Vec<(Key, PeerId)> = Vec::new();
+        for (k, ke) in &self.keys {
+            for (p, e) in &ke.by_peer {
+                if !self.entry_matters(e, now_ms) {
+                    dead.push((*k, p.clone()));
+                }
+            }
+        }
+        let n = dead.len();
+        for (k, p) in dead {
+            self.set_entry(k, p, None);
+        }
+        n
+    }
+
+    /// The registry as served at `now_ms`.
+    pub fn view(&self, now_ms: u64) -> RegistryView {
+        let mut frontends: BTreeMap<u16, FrontendView> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        let mut next_expiry_ms: Option<u64> = None;
+        let mut owners: BTreeMap<u16, (u64, ServiceName)> = BTreeMap::new();
+        let mut live: Vec<(Key, &PeerId, &Entry)> = Vec::new();
+        for (k, ke) in &self.keys {
+            let Some(p) = &ke.winner else { continue };
+            let e = &ke.by_peer[p];
+            if let Op::Add {
+                name,
+                since_ms,
+                expires_ms,
+                ..
+            } = &e.op
+            {
+                if *expires_ms <= now_ms {
+                    continue;
+                }
+                next_expiry_ms = Some(next_expiry_ms.map_or(*expires_ms, |n| n.min(*expires_ms)));
+                let candidate = (*since_ms, name.clone());
+                owners
+                    .entry(k.frontend)
+                    .and_modify(|o| {
+                        if candidate < *o {
+                            *o = candidate.clone();
+                        }
+                    })
+                    .or_insert(candidate);
+                live.push((*k, p, e));
+            }
+        }
+        for (k, p, e) in live {
+            let Op::Add {
+                name,
+                send_proxy,
+                since_ms,
+                expires_ms,
+            } = &e.op
+            else {
+                continue;
+            };
+            let owner = &owners[&k.frontend].1;
+            if name != owner {
+                conflicts.push(view::ConflictView {
+                    frontend: k.frontend,
+                    server: k.server,
+                    name: name.clone(),
+                    owner: owner.clone(),
+                });
+                continue;
+            }
+            frontends
+                .entry(k.frontend)
+                .or_insert_with(|| FrontendView {
+                    port: k.frontend,
+                    owner: owner.clone(),
+                    servers: BTreeMap::new(),
+                })
+                .servers
+                .insert(
+                    k.server,
+                    ServerView {
+                        send_proxy: *send_proxy,
+                        since_ms: *since_ms,
+                        expires_ms: *expires_ms,
+                        origin: p.clone(),
+                        stamp: e.stamp,
+                    },
+                );
+        }
+        RegistryView {
+            generation: self.generation,
+            config_generation: self.config_generation,
+            frontends,
+            conflicts,
+            next_expiry_ms,
+        }
+    }
+
+    /// Checks the bookkeeping against a recount; for tests and simulations.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut adds = 0;
+        let mut tombstones = 0;
+        let mut per: BTreeMap<u16, usize> = BTreeMap::new();
+        for (k, ke) in &self.keys {
+            if ke.by_peer.is_empty() {
+                return Err(format!("{k}: empty entry set kept"));
+            }
+            let expected = entry::winner(ke.by_peer.iter(), self.limits.max_clock_skew)
+                .map(|(p, _)| p.clone());
+            if expected != ke.winner {
+                return Err(format!(
+                    "{k}: cached winner {:?} != {:?}",
+                    ke.winner, expected
+                ));
+            }
+            match ke.winner().map(Entry::is_delete) {
+                Some(true) => tombstones += 1,
+                Some(false) => {
+                    adds += 1;
+                    *per.entry(k.frontend).or_default() += 1;
+                }
+                None => {}
+            }
+        }
+        if adds != self.adds || tombstones != self.tombstones || per != self.adds_per_frontend {
+            return Err(format!(
+                "counters drifted: adds {} vs {}, tombstones {} vs {}",
+                self.adds, adds, self.tombstones, tombstones
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn reg() -> Registry {
+    Registry::new(
+        "lb1".parse().unwrap(),
+        Limits {
+            max_servers: 4,
+            max_servers_per_frontend: 3,
+            max_frontends: 2,
+            ..Limits::default()
+        },
+        PortPolicy::new(vec![], [9000]),
+    )
+}
+
+fn key(frontend: u16, server: &str) -> Key {
+    Key {
+        frontend,
+        server: server.parse::<SocketAddr>().unwrap(),
+    }
+}
+
+fn add(frontend: u16, server: &str, name: &str) -> Command {
+    Command::Register {
+        key: key(frontend, server),
+        name: name.parse().unwrap(),
+        send_proxy: false,
+        ttl: None,
+    }
+}
+
+fn del(frontend: u16, server: &str, name: &str) -> Command {
+    Command::Delete {
+        key: key(frontend, server),
+        name: name.parse().unwrap(),
+    }
+}
+
+#[test]
+fn register_renew_update_delete() {
+    let mut r = reg();
+    let c = r
+        .apply(add(443, "203.0.113.7:30443", "traefik"), T0)
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Registered);
+    assert!(c.affects_config);
+    let c = r
+        .apply(add(443, "203.0.113.7:30443", "traefik"), T0 + 1000)
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Renewed);
+    assert!(!c.affects_config);
+    let c = r
+        .apply(
+            Command::Register {
+                key: key(443, "203.0.113.7:30443"),
+                name: "traefik".parse().unwrap(),
+                send_proxy: true,
+                ttl: None,
+            },
+            T0 + 2000,
+        )
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Updated);
+    let v = r.view(T0 + 2000);
+    let s = &v.frontends[&443].servers[&"203.0.113.7:30443".parse().unwrap()];
+    assert!(s.send_proxy);
+    assert_eq!(s.since_ms, T0, "renewal keeps the start of the lease chain");
+    assert_eq!(s.expires_ms, T0 + 2000 + 1_800_000);
+    let c = r
+        .apply(del(443, "203.0.113.7:30443", "traefik"), T0 + 3000)
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Deleted);
+    assert!(r.view(T0 + 3000).frontends.is_empty());
+    let c = r
+        .apply(del(443, "203.0.113.7:30443", "traefik"), T0 + 4000)
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Absent);
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn pool_holds_several_servers() {
+    let mut r = reg();
+    r.apply(add(443, "203.0.113.7:30443", "traefik"), T0)
+        .unwrap();
+    r.apply(add(443, "203.0.113.8:30443", "traefik"), T0)
+        .unwrap();
+    let v = r.view(T0);
+    assert_eq!(v.frontends[&443].servers.len(), 2);
+    assert_eq!(v.server_count(), 2);
+}
+
+#[test]
+fn another_name_cannot_claim_a_live_frontend() {
+    let mut r = reg();
+    r.apply(add(443, "203.0.113.7:30443", "traefik"), T0)
+        .unwrap();
+    let err = r
+        .apply(add(443, "203.0.113.9:30443", "intruder"), T0)
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NameConflict { ref owner, .. } if owner.as_str() == "traefik")
+    );
+    assert!(err.to_string().contains("traefik"));
+    let err = r
+        .apply(del(443, "203.0.113.7:30443", "intruder"), T0)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotOwner { .. }));
+    // Once the owner's leases end, the port is free again.
+    let later = T0 + 1_800_001;
+    r.apply(add(443, "203.0.113.9:30443", "intruder"), later)
+        .unwrap();
+    assert_eq!(r.view(later).frontends[&443].owner.as_str(), "intruder");
+}
+
+#[test]
+fn leases_expire() {
+    let mut r = reg();
+    r.apply(
+        Command::Register {
+            key: key(443, "203.0.113.7:30443"),
+            name: "traefik".parse().unwrap(),
+            send_proxy: false,
+            ttl: Some(Duration::from_secs(60)),
+        },
+        T0,
+    )
+    .unwrap();
+    r.apply(add(8443, "203.0.113.7:30843", "mqtt"), T0).unwrap();
+    let v = r.view(T0 + 59_999);
+    assert_eq!(v.frontends.len(), 2);
+    assert_eq!(v.next_expiry_ms, Some(T0 + 60_000));
+    let v = r.view(T0 + 60_000);
+    assert_eq!(v.frontends.keys().copied().collect::<Vec<_>>(), vec![8443]);
+    // Garbage collection forgets the expired lease without changing the view.
+    assert_eq!(r.collect_garbage(T0 + 60_000), 1);
+    assert_eq!(r.view(T0 + 60_000).frontends, v.frontends);
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn ttl_bounds() {
+    let mut r = reg();
+    for (ttl, ok) in [(5, false), (10, true), (86_400, true), (86_401, false)] {
+        let res = r.apply(
+            Command::Register {
+                key: key(443, "203.0.113.7:30443"),
+                name: "traefik".parse().unwrap(),
+                send_proxy: false,
+                ttl: Some(Duration::from_secs(ttl)),
+            },
+            T0,
+        );
+        assert_eq!(res.is_ok(), ok, "ttl {ttl}");
+    }
+}
+
+#[test]
+fn size_bounds() {
+    let mut r = reg();
+    r.apply(add(443, "203.0.113.1:1", "a"), T0).unwrap();
+    r.apply(add(443, "203.0.113.2:1", "a"), T0).unwrap();
+    r.apply(add(443, "203.0.113.3:1", "a"), T0).unwrap();
+    let e = r.apply(add(443, "203.0.113.4:1", "a"), T0).unwrap_err();
+    assert!(e.to_string().contains("max-servers-per-frontend"), "{e}");
+    r.apply(add(80, "203.0.113.4:1", "b"), T0).unwrap();
+    let e = r.apply(add(81, "203.0.113.4:1", "c"), T0).unwrap_err();
+    assert!(e.to_string().contains("max-servers"), "{e}");
+    // Renewals still pass when full.
+    r.apply(add(443, "203.0.113.1:1", "a"), T0 + 1).unwrap();
+    // Expired leases never block: they are collected when room is needed.
+    let later = T0 + 1_800_001;
+    r.apply(add(81, "203.0.113.4:1", "c"), later).unwrap();
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn policy_is_enforced() {
+    let mut r = reg();
+    assert!(matches!(
+        r.apply(add(22, "203.0.113.1:1", "a"), T0),
+        Err(RegistryError::Policy(_))
+    ));
+    assert!(r.apply(add(9000, "203.0.113.1:1", "a"), T0).is_err());
+    assert!(r.view(T0).frontends.is_empty());
+}
+
+#[test]
+fn a_remote_delete_beats_an_older_local_add() {
+    let mut a = reg();
+    let add_change = a
+        .apply(add(443, "203.0.113.7:30443", "traefik"), T0)
+        .unwrap();
+    // Peer lb2 deletes one second later without having seen the add.
+    let mut b = Registry::new(
+        "lb2".parse().unwrap(),
+        Limits::default(),
+        PortPolicy::new(vec![], []),
+    );
+    let del_change = b
+        .apply(del(443, "203.0.113.7:30443", "traefik"), T0 + 1000)
+        .unwrap();
+    assert_eq!(del_change.outcome, Outcome::Absent);
+    a.merge_remote(
+        add_change.key,
+        "lb2".parse().unwrap(),
+        Some(del_change.entry.clone()),
+    );
+    b.merge_remote(
+        add_change.key,
+        "lb1".parse().unwrap(),
+        Some(add_change.entry.clone()),
+    );
+    assert!(a.view(T0 + 1000).frontends.is_empty());
+    assert_eq!(a.view(T0 + 1000), {
+        let mut v = b.view(T0 + 1000);
+        v.generation = a.generation();
+        v.config_generation = a.config_generation();
+        v
+    });
+}
+
+#[test]
+fn concurrent_claims_resolve_to_the_oldest_claim_everywhere() {
+    let mut a = reg();
+    let mut b = Registry::new(
+        "lb2".parse().unwrap(),
+        Limits::default(),
+        PortPolicy::new(vec![], []),
+    );
+    let ca = a.apply(add(443, "203.0.113.7:1", "first"), T0).unwrap();
+    let cb = b
+        .apply(add(443, "203.0.113.8:1", "second"), T0 + 10)
+        .unwrap();
+    a.merge_remote(cb.key, "lb2".parse().unwrap(), Some(cb.entry));
+    b.merge_remote(ca.key, "lb1".parse().unwrap(), Some(ca.entry));
+    for r in [&a, &b] {
+        let v = r.view(T0 + 20);
+        assert_eq!(v.frontends[&443].owner.as_str(), "first");
+        assert_eq!(v.frontends[&443].servers.len(), 1);
+        assert_eq!(v.conflicts.len(), 1);
+        assert_eq!(v.conflicts[0].name.as_str(), "second");
+    }
+    assert_eq!(a.view(T0 + 20).digest(), b.view(T0 + 20).digest());
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Add(u8, u8, u8, u32),
+    Del(u8, u8, u8),
+    Tick(u32),
+    Gc,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..3, 0u8..6, 0u8..2, 10u32..100).prop_map(|(f, s, n, t)| Step::Add(f, s, n, t)),
+        (0u8..3, 0u8..6, 0u8..2).prop_map(|(f, s, n)| Step::Del(f, s, n)),
+        (0u32..60_000).prop_map(Step::Tick),
+        Just(Step::Gc),
+    ]
+}
+
+proptest! {
+    /// Whatever clients do, the bookkeeping stays exact, bounds hold, and
+    /// every frontend in the view has exactly one owner and at least one server.
+    #[test]
+    fn registry_invariants(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut r = reg();
+        let mut now = T0;
+        for s in steps {
+            match s {
+                Step::Add(f, s, n, t) => {
+                    let _ = r.apply(Command::Register {
+                        key: key(1000 + f as u16, &format!("198.18.0.{s}:80")),
+                        name: format!("n{n}").parse().unwrap(),
+                        send_proxy: false,
+                        ttl: Some(Duration::from_secs(t as u64)),
+                    }, now);
+                }
+                Step::Del(f, s, n) => {
+                    let _ = r.apply(del(1000 + f as u16, &format!("198.18.0.{s}:80"), &format!("n{n}")), now);
+                }
+                Step::Tick(ms) => now += ms as u64,
+                Step::Gc => { r.collect_garbage(now); }
+            }
+            r.check_invariants().map_err(TestCaseError::fail)?;
+            let v = r.view(now);
+            prop_assert!(v.server_count() <= 4);
+            prop_assert!(v.frontends.len() <= 2);
+            for f in v.frontends.values() {
+                prop_assert!(!f.servers.is_empty());
+                prop_assert!(f.servers.len() <= 3);
+                for srv in f.servers.values() {
+                    prop_assert!(srv.expires_ms > now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The registry as it is served at one instant: frontends, owners, live servers, digest.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::types::{PeerId, ServiceName};
+use crate::clock::Stamp;
+
+/// What every part downstream of the registry (render, API, status) reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegistryView {
+    /// Bumps on every accepted change; lets a client wait for its change.
+    pub generation: u64,
+    /// Bumps only on changes that alter what HAProxy should serve.
+    pub config_generation: u64,
+    pub frontends: BTreeMap<u16, FrontendView>,
+    /// Live servers left out because another name owns their frontend.
+    pub conflicts: Vec<ConflictView>,
+    /// The next instant (Unix ms) at which a lease ends and the view changes.
+    pub next_expiry_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FrontendView {
+    pub port: u16,
+    pub owner: ServiceName,
+    pub servers: BTreeMap<SocketAddr, ServerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerView {
+    pub send_proxy: bool,
+    pub since_ms: u64,
+    pub expires_ms: u64,
+    /// The peer that accepted the write now deciding this server.
+    pub origin: PeerId,
+    pub stamp: Stamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictView {
+    pub frontend: u16,
+    pub server: SocketAddr,
+    pub name: ServiceName,
+    pub owner: ServiceName,
+}
+
+impl RegistryView {
+    pub fn server_count(&self) -> usize {
+        self.frontends.values().map(|f| f.servers.len()).sum()
+    }
+
+    /// A short hex digest of everything that is served: owners, servers, leases.
+    /// Equal on every peer that computes the same view.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for f in self.frontends.values() {
+            h.update(format!("F{} {}\n", f.port, f.owner));
+            for (addr, s) in &f.servers {
+                h.update(format!("S{} {} {}\n", addr, s.send_proxy, s.expires_ms));
+            }
+        }
+        short_digest(h)
+    }
+}
+
+/// The first 16 hex characters of a SHA-256: plenty to tell states apart by eye.
+pub fn short_digest(h: Sha256) -> String {
+    hex::encode(&h.finalize()[..8])
+}
