@@ -1,11 +1,16 @@
 //! lbmesh: a mesh of redundant HAProxy load-balancer VMs fed by phone-home calls.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod haproxy;
 pub mod metrics;
 pub mod registry;
 pub mod secret;
 pub mod shared;
+pub mod shutdown;
+pub mod status;
 pub mod store;

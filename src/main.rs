@@ -1,1 +1,36 @@
-fn main() {}
+//! The `lbmesh` binary: parse the command line, set up logging, run.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use lbmesh::cli::{self, Cli, Cmd};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LBMESH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbmesh: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Serve(args) => cli::serve(*args).await,
+            Cmd::Status(args) => cli::status(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbmesh: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -102,6 +102,11 @@ impl SharedRegistry {
         Ok(change)
     }
 
+    /// The current config generation (what the applier must reach).
+    pub fn config_generation(&self) -> u64 {
+        *self.config_changes.borrow()
+    }
+
     /// The registry as served now.
     pub fn view(&self) -> RegistryView {
         let now = self.clock.now_ms();

@@ -156,14 +156,15 @@ impl Applier {
                     sleep(self.timing.coalesce).await;
                 }
                 () = sleep_until(wake_at) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = crate::shutdown::signalled(&mut shutdown) => break,
             }
             changes.mark_unchanged();
             let view = self.registry.view();
             let next_expiry = self.apply(view).await;
-            let healthy = self.status.borrow().in_step();
-            // Retry soon while out of step; otherwise wake for the next lease end.
-            let retry = if healthy {
+            let calm = self.status.borrow().in_step() && self.quarantine.is_empty();
+            // Retry soon while out of step or while a frontend waits for its
+            // port (a bind probe is cheap); otherwise wake for the next lease end.
+            let retry = if calm {
                 self.timing.retry
             } else {
                 self.timing.retry.min(Duration::from_secs(1))
@@ -233,6 +234,11 @@ impl Applier {
         }
         if self.probe_new_frontends(&target) {
             target = render(&view, &self.excluded(), &self.settings);
+            if haproxy_up && self.running.as_ref().is_some_and(|r| r.text == target.text) {
+                let wanted = target.digest.clone();
+                self.publish(&view, wanted, Method::None, Ok(()), started);
+                return view.next_expiry_ms;
+            }
         }
         let result = self.install_and_reload(&view, target, first).await;
         let wanted = render(&view, &self.excluded(), &self.settings).digest;

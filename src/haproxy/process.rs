@@ -98,17 +98,25 @@ pub struct Haproxy {
     pub binary: PathBuf,
     pub config_path: PathBuf,
     pub runtime_socket: PathBuf,
+    pub health_socket: PathBuf,
     pub mode: Mode,
     state: Arc<ProcessState>,
     start: Arc<Notify>,
 }
 
 impl Haproxy {
-    pub fn new(binary: PathBuf, config_path: PathBuf, runtime_socket: PathBuf, mode: Mode) -> Self {
+    pub fn new(
+        binary: PathBuf,
+        config_path: PathBuf,
+        runtime_socket: PathBuf,
+        health_socket: PathBuf,
+        mode: Mode,
+    ) -> Self {
         Self {
             binary,
             config_path,
             runtime_socket,
+            health_socket,
             mode,
             state: Arc::default(),
             start: Arc::default(),
@@ -252,7 +260,7 @@ impl Haproxy {
         if adopted.is_none() {
             tokio::select! {
                 () = self.start.notified() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = crate::shutdown::signalled(&mut shutdown) => return,
             }
         }
         let mut backoff = Duration::from_millis(200);
@@ -262,7 +270,7 @@ impl Haproxy {
                     () = wait_gone(pid) => {
                         tracing::warn!(pid, "adopted HAProxy master exited; starting a new one");
                     }
-                    _ = shutdown.wait_for(|s| *s) => {
+                    () = crate::shutdown::signalled(&mut shutdown) => {
                         stop_pid(pid).await;
                         break;
                     }
@@ -274,7 +282,7 @@ impl Haproxy {
                         tracing::error!(error = %e, "cannot start HAProxy");
                         tokio::select! {
                             () = sleep(backoff) => { backoff = (backoff * 2).min(Duration::from_secs(30)); continue; }
-                            _ = shutdown.wait_for(|s| *s) => break,
+                            () = crate::shutdown::signalled(&mut shutdown) => break,
                         }
                     }
                 };
@@ -289,7 +297,7 @@ impl Haproxy {
                     status = child.wait() => {
                         tracing::error!(?status, "HAProxy exited; restarting it");
                     }
-                    _ = shutdown.wait_for(|s| *s) => {
+                    () = crate::shutdown::signalled(&mut shutdown) => {
                         stop_pid(pid).await;
                         let _ = child.wait().await;
                         break;
@@ -303,7 +311,7 @@ impl Haproxy {
             self.state.restarts.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 () = sleep(backoff) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = crate::shutdown::signalled(&mut shutdown) => break,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
@@ -333,9 +341,20 @@ impl Haproxy {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    // HAProxy reports routine events (a reload's old worker
+                    // stopping, a server coming up) as warnings too.
+                    let routine = [
+                        "stopped (cumulated",
+                        "exited with code 0",
+                        "is UP",
+                        "Paused",
+                        "Resumed",
+                    ]
+                    .iter()
+                    .any(|r| line.contains(r));
                     if line.contains("[ALERT]") {
                         tracing::error!(target: "haproxy", "{line}");
-                    } else if line.contains("[WARNING]") {
+                    } else if line.contains("[WARNING]") && !routine {
                         tracing::warn!(target: "haproxy", "{line}");
                     } else {
                         tracing::info!(target: "haproxy", "{line}");
@@ -393,4 +412,33 @@ async fn stop_pid(pid: u32) {
         let _ = kill(p, Signal::SIGKILL);
     }
     tracing::info!(pid, "stopped HAProxy");
+}
+
+/// Asks HAProxy's health frontend (a unix socket in the rendered config)
+/// for a 200: proves a worker is up and processing requests.
+pub async fn health_probe(h: &Haproxy) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = h.health_socket.clone();
+    let talk = async {
+        let mut s = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let head = String::from_utf8_lossy(&buf[..n]);
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "unexpected answer {:?}",
+                head.lines().next().unwrap_or("")
+            ))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), talk)
+        .await
+        .map_err(|_| "no answer within 2 s".to_string())?
 }

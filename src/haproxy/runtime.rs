@@ -34,6 +34,8 @@ pub async fn send(socket: &Path, line: &str) -> Result<String, RuntimeError> {
         let mut s = UnixStream::connect(socket).await.map_err(io)?;
         s.write_all(line.as_bytes()).await.map_err(io)?;
         s.write_all(b"\n").await.map_err(io)?;
+        // The master CLI answers only once it sees the end of the input.
+        s.shutdown().await.map_err(io)?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.map_err(io)?;
         Ok(out)

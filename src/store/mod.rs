@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -194,6 +194,7 @@ enum Job {
 pub struct Store {
     tx: mpsc::UnboundedSender<Job>,
     failed: Arc<AtomicBool>,
+    wal_records: Arc<AtomicU64>,
     dir: PathBuf,
 }
 
@@ -230,10 +231,11 @@ impl Store {
             .map_err(io(&wal_path))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
+        let wal_records = Arc::new(AtomicU64::new(wal_records));
         let writer = Writer {
             dir: dir.to_owned(),
             wal,
-            wal_records,
+            wal_records: wal_records.clone(),
             failed: failed.clone(),
         };
         std::thread::Builder::new()
@@ -248,6 +250,7 @@ impl Store {
             Store {
                 tx,
                 failed,
+                wal_records,
                 dir: dir.to_owned(),
             },
             records,
@@ -287,12 +290,17 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Records in the log since the last compaction.
+    pub fn wal_records(&self) -> u64 {
+        self.wal_records.load(Ordering::Relaxed)
+    }
 }
 
 struct Writer {
     dir: PathBuf,
     wal: File,
-    wal_records: u64,
+    wal_records: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
 }
 
@@ -349,7 +357,7 @@ impl Writer {
         buf.clear();
         match r {
             Ok(()) => {
-                self.wal_records += n;
+                self.wal_records.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -373,7 +381,7 @@ impl Writer {
             .append(true)
             .open(&wal_path)
             .map_err(|e| format!("{}: {e}", wal_path.display()))?;
-        self.wal_records = 0;
+        self.wal_records.store(0, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -1,0 +1,272 @@
+//! The command line: `lbmesh serve`, `lbmesh status`, and friends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{FileConfig, HaproxyMode, Overrides, Settings};
+use crate::secret::Token;
+use crate::status::NodeStatus;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbmesh",
+    version,
+    about = "A mesh of redundant HAProxy load balancers fed by phone-home calls"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon: phone-home API, registry, HAProxy.
+    Serve(Box<ServeArgs>),
+    /// Show this peer (and the mesh it sees) as a table.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file; flags and LBMESH_* variables override its keys.
+    #[arg(long, env = "LBMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This peer's id in the mesh ([A-Za-z0-9_.-], up to 63); defaults to the host name.
+    #[arg(long, env = "LBMESH_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Where the phone-home API listens [default: 127.0.0.1:9000].
+    #[arg(long, env = "LBMESH_API_LISTEN", value_name = "ADDR:PORT")]
+    pub api_listen: Option<SocketAddr>,
+    /// Where gossip with other peers listens [default: 127.0.0.1:7946].
+    #[arg(long, env = "LBMESH_GOSSIP_LISTEN", value_name = "ADDR:PORT")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// A peer to join (repeatable; the variable takes a comma-separated list).
+    #[arg(
+        long = "seed",
+        env = "LBMESH_SEED",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub seeds: Vec<String>,
+    /// Where the registry, token and HAProxy files live [default: ./lbmesh-data].
+    #[arg(long, env = "LBMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The API token file; generated (mode 0600) if missing [default: DATA_DIR/token].
+    #[arg(long, env = "LBMESH_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The address HAProxy frontends listen on [default: 127.0.0.1]; 0.0.0.0 or :: for every address.
+    #[arg(long, env = "LBMESH_BIND_ADDRESS", value_name = "ADDR")]
+    pub bind_address: Option<IpAddr>,
+    /// Run HAProxy as lbmesh's child (supervised) or reload an existing service (external).
+    #[arg(long, env = "LBMESH_HAPROXY_MODE", value_enum)]
+    pub haproxy_mode: Option<HaproxyMode>,
+    /// The haproxy binary [default: haproxy, from PATH].
+    #[arg(long, env = "LBMESH_HAPROXY_BINARY", value_name = "PATH")]
+    pub haproxy_binary: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM).
+    #[arg(
+        long,
+        env = "LBMESH_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(
+        long,
+        env = "LBMESH_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The peer's API.
+    #[arg(long, env = "LBMESH_API", default_value = "http://127.0.0.1:9000")]
+    pub api: String,
+    /// The API token file.
+    #[arg(long, env = "LBMESH_TOKEN_FILE", default_value = "lbmesh-data/token")]
+    pub token_file: PathBuf,
+    /// Print the JSON status instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ServeArgs {
+    /// Resolves the settings: defaults < config file < env < flags.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let overrides = Overrides {
+            node_id: self.node_id.clone(),
+            api_listen: self.api_listen,
+            gossip_listen: self.gossip_listen,
+            seeds: self.seeds.clone(),
+            data_dir: self.data_dir.clone(),
+            token_file: self.token_file.clone(),
+            bind_address: self.bind_address,
+            haproxy_mode: self.haproxy_mode,
+            haproxy_binary: self.haproxy_binary.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        };
+        let cwd = std::env::current_dir().context("current directory")?;
+        Ok(Settings::resolve(file, overrides, &cwd)?)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let listener = tokio::net::TcpListener::bind(settings.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api-listen)", settings.api_listen))?;
+    crate::daemon::run(settings, listener, termination()).await
+}
+
+/// An HTTP client for lbmesh's own API.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .use_rustls_tls()
+        .build()
+        .context("build HTTP client")
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let token = Token::load(&args.token_file)
+        .with_context(|| "lbmesh status needs the API token (--token-file or LBMESH_TOKEN_FILE)")?;
+    let url = format!("{}/v1/status", args.api.trim_end_matches('/'));
+    let resp = http_client(Duration::from_secs(10))?
+        .get(&url)
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}; is lbmesh serve running there?"))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        anyhow::bail!("{url} answered {code}: {body}");
+    }
+    let status: NodeStatus = resp.json().await.context("unexpected status format")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", format_status(&status));
+    }
+    Ok(())
+}
+
+/// The status as a table for people.
+pub fn format_status(s: &NodeStatus) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let h = &s.haproxy;
+    let _ = writeln!(
+        o,
+        "peer {} (lbmesh {}, up {})",
+        s.node_id,
+        s.version,
+        humantime::format_duration(Duration::from_secs(s.uptime_seconds))
+    );
+    let _ = writeln!(
+        o,
+        "registry  digest {}  generation {}  frontends {}  servers {}  conflicts {}",
+        s.registry.digest,
+        s.registry.generation,
+        s.registry.frontends,
+        s.registry.servers,
+        s.registry.conflicts
+    );
+    let _ = writeln!(
+        o,
+        "haproxy   {} {}{}  config {}  {}  reloads {}  runtime updates {}  restarts {}",
+        h.mode,
+        if h.running { "running" } else { "NOT RUNNING" },
+        h.master_pid
+            .map(|p| format!(" (master pid {p})"))
+            .unwrap_or_default(),
+        h.config_digest.as_deref().unwrap_or("-"),
+        if h.in_step { "in step" } else { "OUT OF STEP" },
+        h.reloads,
+        h.runtime_updates,
+        h.restarts
+    );
+    if let Some(l) = &h.last_apply {
+        let _ = writeln!(
+            o,
+            "last apply {} {} in {} ms at {}{}",
+            l.method,
+            if l.ok { "ok" } else { "FAILED" },
+            l.duration_ms,
+            l.at,
+            l.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for (port, why) in &h.quarantined {
+        let _ = writeln!(o, "quarantined frontend {port}: {why}");
+    }
+    if !s.storage_ok {
+        let _ = writeln!(
+            o,
+            "STORAGE FAILED: writes are refused until lbmesh restarts"
+        );
+    }
+    if !s.peers.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<20} {:<5} {:>14} {:<22} {:<17} {:<17} VRRP",
+            "PEER", "LIVE", "GENERATION", "GOSSIP", "REGISTRY", "CONFIG"
+        );
+        for p in &s.peers {
+            let _ = writeln!(
+                o,
+                "{:<20} {:<5} {:>14} {:<22} {:<17} {:<17} {}",
+                p.node_id,
+                if p.live { "yes" } else { "no" },
+                p.generation,
+                p.gossip_addr,
+                p.registry_digest.as_deref().unwrap_or("-"),
+                p.config_digest.as_deref().unwrap_or("-"),
+                p.vrrp_state.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "mesh {}",
+            if s.converged {
+                "converged: every live peer has the same digests"
+            } else {
+                "NOT converged"
+            }
+        );
+    }
+    o
+}

@@ -1,0 +1,204 @@
+//! The composition root of `lbmesh serve`: builds every subsystem in a straight
+//! line, hands each the same shutdown signal, and stops them in order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::clock::SystemClock;
+use crate::config::{HaproxyMode, Settings};
+use crate::haproxy::apply::{Applier, ApplyTiming};
+use crate::haproxy::process::{Haproxy, Mode};
+use crate::haproxy::render::RenderSettings;
+use crate::metrics::Metrics;
+use crate::registry::{PortPolicy, Registry};
+use crate::secret::Token;
+use crate::shared::SharedRegistry;
+use crate::store::Store;
+
+/// Holds the data directory lock for the life of the daemon.
+struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<DirLock> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&settings.data_dir)
+        .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
+    let path = settings.data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(DirLock)
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "data directory {} is in use by another lbmesh ({e}); give each daemon its own --data-dir",
+                settings.data_dir.display()
+            )
+        })
+}
+
+/// Runs the daemon until `stop` resolves.
+pub async fn run(
+    settings: Settings,
+    api_listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let _lock = lock_data_dir(&settings)?;
+    let (token, generated) = Token::load_or_generate(&settings.token_file)?;
+    if generated {
+        // Printed once, to the terminal only (never to the log).
+        println!(
+            "lbmesh: generated an API token, stored in {} (mode 0600). It is shown only this once:\n\n    {}\n",
+            settings.token_file.display(),
+            token.expose()
+        );
+    }
+
+    let (store, recovered) = Store::open(&settings.data_dir)?;
+    let api_port = api_listener.local_addr()?.port();
+    let policy = PortPolicy::new(
+        settings.allowed_ports.clone(),
+        [api_port, settings.gossip_listen.port()],
+    );
+    let registry = Registry::new(settings.node_id.clone(), settings.limits.clone(), policy);
+    let shared = Arc::new(SharedRegistry::new(
+        registry,
+        store,
+        recovered,
+        Arc::new(SystemClock),
+    ));
+    let metrics = Arc::new(Metrics::new());
+
+    let h = &settings.haproxy;
+    let mode = match h.mode {
+        HaproxyMode::Supervised => Mode::Supervised {
+            master_socket: h.master_socket.clone(),
+            pid_file: settings.data_dir.join("haproxy.pid"),
+        },
+        HaproxyMode::External => Mode::External {
+            reload_command: h.reload_command.clone(),
+        },
+    };
+    let haproxy = Haproxy::new(
+        h.binary.clone(),
+        h.config_path.clone(),
+        h.runtime_socket.clone(),
+        h.health_socket.clone(),
+        mode,
+    );
+    haproxy.adopt_existing();
+    let render = RenderSettings {
+        bind_address: settings.bind_address,
+        runtime_socket: h.runtime_socket.clone(),
+        health_socket: h.health_socket.clone(),
+        hard_stop_after: h.hard_stop_after,
+        max_reloads: 50,
+        check_interval: h.check_interval,
+        check_fall: h.check_fall,
+        check_rise: h.check_rise,
+        timeout_connect: h.timeout_connect,
+        timeout_client: h.timeout_client,
+        timeout_server: h.timeout_server,
+        min_slots: h.min_slots,
+    };
+    let timing = ApplyTiming {
+        coalesce: h.coalesce,
+        min_reload_interval: h.min_reload_interval,
+        ..ApplyTiming::default()
+    };
+    let (applier, apply_rx) = Applier::new(
+        shared.clone(),
+        haproxy.clone(),
+        render,
+        timing,
+        metrics.clone(),
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let supervisor = tokio::spawn(haproxy.clone().supervise(shutdown_rx.clone()));
+    let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
+    let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
+
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let state = ApiState {
+        registry: shared.clone(),
+        token: Arc::new(token),
+        apply: apply_rx,
+        haproxy: haproxy.clone(),
+        metrics,
+        max_body_bytes: settings.max_body_bytes,
+        max_wait: settings.max_wait,
+        started,
+        mesh: None,
+    };
+    let api_addr = api_listener.local_addr()?;
+    let server = tokio::spawn(api::serve(
+        api_listener,
+        tls,
+        api::router(state),
+        shutdown_rx.clone(),
+    ));
+    tracing::info!(
+        node = %settings.node_id,
+        api = %format!("{scheme}://{api_addr}"),
+        data_dir = %settings.data_dir.display(),
+        haproxy = ?settings.haproxy.mode,
+        "lbmesh is serving"
+    );
+    println!("lbmesh: phone-home API on {scheme}://{api_addr}/hooks/update-haproxy");
+
+    stop.await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = applier.await;
+    let _ = maintenance.await;
+    if tokio::time::timeout(Duration::from_secs(10), supervisor)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HAProxy supervisor did not stop within 10 s");
+    }
+    shared
+        .compact()
+        .await
+        .context("final compaction of the registry")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Compacts the write-ahead log when it has grown well past the live state,
+/// and forgets expired leases.
+async fn maintain(shared: Arc<SharedRegistry>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_gc = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = crate::shutdown::signalled(&mut shutdown) => return,
+        }
+        let own = shared.with(|r| r.own_entries().count()) as u64;
+        let wal = shared.store().wal_records();
+        if wal > 2 * own + 10_000 || (wal > 0 && last_gc.elapsed() > Duration::from_secs(300)) {
+            last_gc = Instant::now();
+            if let Err(e) = shared.compact().await {
+                tracing::error!(error = %e, "compaction failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The status of a peer as `/v1/status` serves it and `lbmesh status` prints it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::haproxy::apply::ApplyReport;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub registry: RegistryStatus,
+    pub haproxy: HaproxyStatus,
+    pub storage_ok: bool,
+    /// Every peer this one knows of, itself included.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+    /// Whether every live peer reports the same registry and config digests.
+    #[serde(default)]
+    pub converged: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    pub digest: String,
+    pub generation: u64,
+    pub frontends: usize,
+    pub servers: usize,
+    /// Live servers left out because another name owns their frontend.
+    pub conflicts: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaproxyStatus {
+    pub mode: String,
+    pub running: bool,
+    pub master_pid: Option<u32>,
+    pub restarts: u64,
+    pub config_digest: Option<String>,
+    pub wanted_config_digest: Option<String>,
+    pub in_step: bool,
+    pub last_apply: Option<ApplyReportOut>,
+    pub quarantined: BTreeMap<u16, String>,
+    pub reloads: u64,
+    pub runtime_updates: u64,
+}
+
+/// [`ApplyReport`] with its time as RFC 3339 for people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyReportOut {
+    pub at: String,
+    pub method: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<&ApplyReport> for ApplyReportOut {
+    fn from(r: &ApplyReport) -> Self {
+        Self {
+            at: rfc3339(r.at_ms),
+            method: serde_json::to_value(r.method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            ok: r.ok,
+            error: r.error.clone(),
+            duration_ms: r.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub live: bool,
+    pub generation: u64,
+    pub gossip_addr: String,
+    pub api_addr: Option<String>,
+    pub registry_digest: Option<String>,
+    pub config_digest: Option<String>,
+    pub vrrp_state: Option<String>,
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,358 @@
+//! `lbmesh serve` on one VM, against a real HAProxy and real sockets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// The original client's curl line, exactly as the phone-home script ran it.
+const ORIGINAL_CURL: &str = r#"curl \
+    -H "Content-Type:application/json" \
+    -H "X-Funkypenguin-Token:$WEBHOOK_TOKEN" \
+    -X POST \
+    -d "{\"dst-ip\":\"$DST_IP\",\"frontend-port\":\"$FRONTEND_PORT\",\"backend-port\":\"$BACKEND_PORT\",\"action\":\"$ACTION\",\"name\":\"$NAME\",\"send-proxy\":\"$SEND_PROXY\"}" \
+    $WEBHOOK"#;
+
+fn original_curl(
+    d: &Daemon,
+    action: &str,
+    name: &str,
+    frontend: u16,
+    backend: std::net::SocketAddr,
+) -> String {
+    sh(
+        ORIGINAL_CURL,
+        &[
+            ("WEBHOOK", &d.url("/hooks/update-haproxy")),
+            ("WEBHOOK_TOKEN", &d.token),
+            ("DST_IP", &backend.ip().to_string()),
+            ("FRONTEND_PORT", &frontend.to_string()),
+            ("BACKEND_PORT", &backend.port().to_string()),
+            ("ACTION", action),
+            ("NAME", name),
+            ("SEND_PROXY", ""),
+        ],
+    )
+}
+
+#[test]
+fn the_original_curl_registers_and_traffic_reaches_the_backend() {
+    let d = Daemon::start(DaemonOpts::default());
+    let backend = Backend::start("nodeport-a");
+    let port = free_port("127.0.0.1");
+    let out = original_curl(&d, "add", "traefik", port, backend.addr);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"], "registered", "{out}");
+    assert!(
+        v["lease_seconds"].as_u64().unwrap() > 600,
+        "lease must outlive the 600 s interval"
+    );
+    // The 200 came back once stored; HAProxy follows within moments.
+    let got = eventually(
+        Duration::from_secs(10),
+        "traffic through the frontend",
+        || greeting(d.frontend(port)),
+    );
+    assert_eq!(got, "nodeport-a");
+    // The same call again is a renewal, with no reload.
+    let reloads = d.in_step()["haproxy"]["reloads"].as_u64().unwrap();
+    let out = original_curl(&d, "add", "traefik", port, backend.addr);
+    assert!(out.contains("\"renewed\""), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.status()["haproxy"]["reloads"].as_u64().unwrap(), reloads);
+    // The original delete removes it.
+    let out = original_curl(&d, "delete", "traefik", port, backend.addr);
+    assert!(out.contains("\"deleted\""), "{out}");
+    eventually(Duration::from_secs(10), "the frontend to close", || {
+        greeting(d.frontend(port)).is_none().then_some(())
+    });
+}
+
+#[test]
+fn a_form_encoded_body_works_too() {
+    let d = Daemon::start(DaemonOpts::default());
+    let backend = Backend::start("form");
+    let port = free_port("127.0.0.1");
+    let body = format!(
+        "name=mqtt&frontend-port={port}&backend-port={}&dst-ip=127.0.0.1&action=add",
+        backend.addr.port()
+    );
+    let (code, v) = http(
+        "POST",
+        &d.url("/hooks/update-haproxy?wait=applied"),
+        Some(&d.token),
+        Some("application/x-www-form-urlencoded"),
+        Some(body.into_bytes()),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["applied"], true);
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("form"));
+}
+
+#[test]
+fn a_second_server_shares_the_load_without_a_reload_and_a_dead_one_is_taken_out() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let reloads = d.status()["haproxy"]["reloads"].as_u64().unwrap();
+    d.add("traefik", port, b.addr);
+    let st = d.status();
+    assert_eq!(
+        st["haproxy"]["reloads"].as_u64().unwrap(),
+        reloads,
+        "a server-only change must not reload: {st}"
+    );
+    assert!(st["haproxy"]["runtime_updates"].as_u64().unwrap() >= 1);
+    // `stick on src` pins each client address to one server, so spread the
+    // clients over many loopback source addresses.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 2..42 {
+        if let Some(g) = greeting_from(&format!("127.0.3.{i}"), d.frontend(port)) {
+            *seen.entry(g).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both servers should take clients: {seen:?}");
+    assert!(seen.values().all(|n| *n >= 5), "load is shared: {seen:?}");
+
+    // Kill b: the health check takes it out and every client lands on a.
+    b.stop();
+    drop(b);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 2..22 {
+        assert_eq!(
+            greeting_from(&format!("127.0.4.{i}"), d.frontend(port)).as_deref(),
+            Some("a"),
+            "client {i} after b died"
+        );
+    }
+}
+
+#[test]
+fn leases_expire_and_deletes_remove() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let (p1, p2) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let (code, v) = d.hook(
+        &json!({"name":"short","frontend-port":p1.to_string(),"backend-port":a.addr.port().to_string(),
+                "dst-ip":"127.0.0.1","action":"add","ttl":"2"}),
+        "?wait=applied",
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["lease_seconds"], 2);
+    d.add("long", p2, b.addr);
+    assert_eq!(greeting(d.frontend(p1)).as_deref(), Some("a"));
+    // After the lease, the server and its now-empty frontend leave the config.
+    eventually(Duration::from_secs(10), "the lease to expire", || {
+        greeting(d.frontend(p1)).is_none().then_some(())
+    });
+    let (_, list) = d.get("/v1/frontends");
+    let ports: Vec<u64> = list["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![p2 as u64]);
+    assert!(!d.haproxy_config().contains(&format!("{p1}_frontend")));
+    // Delete through the typed API.
+    let (code, v) = http(
+        "DELETE",
+        &d.url(&format!(
+            "/v1/frontends/{p2}/servers/127.0.0.1/{}?name=long&wait=applied",
+            b.addr.port()
+        )),
+        Some(&d.token),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"], "deleted");
+    assert!(greeting(d.frontend(p2)).is_none());
+    assert!(!d.haproxy_config().contains("_frontend"));
+}
+
+#[test]
+fn a_restart_keeps_what_was_registered() {
+    let mut d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("kept");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let digest = d.status()["registry"]["digest"].clone();
+    let status = d.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    // A clean stop takes HAProxy down with it.
+    assert!(greeting(d.frontend(port)).is_none());
+    d.spawn();
+    assert_eq!(d.status()["registry"]["digest"], digest);
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("kept"));
+}
+
+#[test]
+fn a_crashed_daemon_leaves_haproxy_serving_and_adopts_it_on_restart() {
+    let mut d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("survivor");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let master = d.haproxy_master_pid().unwrap();
+    d.crash();
+    // Traffic keeps flowing while lbmesh is down.
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("survivor"));
+    d.spawn();
+    assert_eq!(
+        d.status()["haproxy"]["master_pid"].as_u64(),
+        Some(master as u64),
+        "adopted, not restarted"
+    );
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("survivor"));
+}
+
+#[test]
+fn haproxy_killed_under_the_daemon_comes_back() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("phoenix");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let master = d.haproxy_master_pid().unwrap();
+    signal(master, "KILL");
+    // Kill the worker too: a lone worker would otherwise keep the port.
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = std::process::Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &d.data_dir.join("haproxy.cfg").to_string_lossy(),
+        ])
+        .status();
+    let new_master = eventually(Duration::from_secs(15), "a new HAProxy master", || {
+        d.haproxy_master_pid().filter(|p| *p != master)
+    });
+    assert_ne!(new_master, master);
+    eventually(Duration::from_secs(15), "traffic again", || {
+        greeting(d.frontend(port))
+    });
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("phoenix"));
+    let st = d.status();
+    assert!(st["haproxy"]["restarts"].as_u64().unwrap() >= 1, "{st}");
+    eventually(Duration::from_secs(10), "healthy again", || {
+        (d.get("/healthz").0 == 200).then_some(())
+    });
+}
+
+#[test]
+fn a_frontend_that_cannot_bind_is_quarantined_while_others_apply() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("ok");
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let good = free_port("127.0.0.1");
+    let (code, v) = d.hook(
+        &json!({"name":"blocked","frontend-port":taken.to_string(),"backend-port":a.addr.port().to_string(),"dst-ip":"127.0.0.1","action":"add"}),
+        "?wait=applied",
+    );
+    assert_eq!(code, 200, "stored even though it cannot be served: {v}");
+    assert_eq!(v["applied"], false);
+    assert!(
+        v["apply_error"].as_str().unwrap().contains("quarantined"),
+        "{v}"
+    );
+    d.add("fine", good, a.addr);
+    assert_eq!(greeting(d.frontend(good)).as_deref(), Some("ok"));
+    let st = d.status();
+    assert!(
+        st["haproxy"]["quarantined"][taken.to_string()].is_string(),
+        "{st}"
+    );
+    // Still healthy: the VM serves everything it can.
+    assert_eq!(d.get("/healthz").0, 200);
+    // Once the port is free, the frontend is served.
+    drop(squatter);
+    eventually(
+        Duration::from_secs(20),
+        "the quarantined frontend to be served",
+        || greeting(d.frontend(taken)),
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the quarantine to be lifted in status",
+        || {
+            d.status()["haproxy"]["quarantined"]
+                .as_object()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_burst_of_registrations_is_coalesced_into_few_reloads() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("burst");
+    let reloads = d.status()["haproxy"]["reloads"].as_u64().unwrap();
+    let ports: Vec<u16> = (0..30).map(|_| free_port("127.0.0.1")).collect();
+    std::thread::scope(|s| {
+        for chunk in ports.chunks(10) {
+            let d = &d;
+            let a = &a;
+            s.spawn(move || {
+                for p in chunk {
+                    let (code, v) = d.hook(
+                        &json!({"name":format!("svc{p}"),"frontend-port":p.to_string(),"backend-port":a.addr.port().to_string(),"dst-ip":"127.0.0.1","action":"add"}),
+                        "",
+                    );
+                    assert_eq!(code, 200, "{v}");
+                }
+            });
+        }
+    });
+    for p in &ports {
+        eventually(Duration::from_secs(10), "every frontend served", || {
+            greeting(d.frontend(*p))
+        });
+    }
+    let used = d.status()["haproxy"]["reloads"].as_u64().unwrap() - reloads;
+    assert!(used <= 10, "{used} reloads for 30 new frontends");
+}
+
+#[test]
+fn metrics_and_status_report_what_happened() {
+    let d = Daemon::start(DaemonOpts::default());
+    let a = Backend::start("m");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let (code, _) = d.hook(&json!({"name":"x"}), "");
+    assert_eq!(code, 400);
+    let text = std::process::Command::new("curl")
+        .args(["-s", &d.url("/metrics")])
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8(text).unwrap();
+    for needle in [
+        "lbmesh_http_requests_total{route=\"hook\",outcome=\"registered\"} 1",
+        "lbmesh_http_requests_total{route=\"hook\",outcome=\"invalid_field\"} 1",
+        "lbmesh_frontends 1",
+        "lbmesh_servers 1",
+        "lbmesh_haproxy_reloads_total{result=\"ok\"}",
+        "lbmesh_apply_duration_seconds_count",
+        "lbmesh_validation_failures_total 0",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    let out = sh(
+        &format!(
+            "{BIN} status --api http://{} --token-file {}",
+            d.api,
+            d.data_dir.join("token").display()
+        ),
+        &[],
+    );
+    assert!(out.contains("frontends 1  servers 1"), "{out}");
+    assert!(out.contains("in step"), "{out}");
+}
