@@ -126,7 +126,9 @@ pub async fn run(
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let supervisor = tokio::spawn(haproxy.clone().supervise(shutdown_rx.clone()));
+    // HAProxy stops last, once nothing can ask it to reload any more.
+    let (haproxy_stop_tx, haproxy_stop_rx) = watch::channel(false);
+    let supervisor = tokio::spawn(haproxy.clone().supervise(haproxy_stop_rx));
     let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
     let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
 
@@ -168,6 +170,7 @@ pub async fn run(
     let _ = server.await;
     let _ = applier.await;
     let _ = maintenance.await;
+    let _ = haproxy_stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(10), supervisor)
         .await
         .is_err()

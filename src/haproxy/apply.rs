@@ -160,7 +160,11 @@ impl Applier {
             }
             changes.mark_unchanged();
             let view = self.registry.view();
-            let next_expiry = self.apply(view).await;
+            // A reload can wait seconds for HAProxy; shutdown must not.
+            let next_expiry = tokio::select! {
+                n = self.apply(view) => n,
+                () = crate::shutdown::signalled(&mut shutdown) => break,
+            };
             let calm = self.status.borrow().in_step() && self.quarantine.is_empty();
             // Retry soon while out of step or while a frontend waits for its
             // port (a bind probe is cheap); otherwise wake for the next lease end.

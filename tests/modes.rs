@@ -1,0 +1,141 @@
+//! HTTPS for the phone-home API, and HAProxy run as an external service.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn the_original_curl_works_over_https_with_a_given_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        certs.path().join("fullchain.pem"),
+        certs.path().join("privkey.pem"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let toml = format!(
+        "{}\n[api]\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+        fast_toml("", ""),
+        cert_path.display(),
+        key_path.display()
+    );
+    let d = Daemon::start(DaemonOpts {
+        toml,
+        scheme: "https",
+        ..DaemonOpts::default()
+    });
+    let backend = Backend::start("secure");
+    let port = free_port("127.0.0.1");
+    // Exactly the original client, trusting the certificate like a real CA.
+    let out = sh(
+        r#"curl -H "Content-Type:application/json" -H "X-Funkypenguin-Token:$WEBHOOK_TOKEN" -X POST -d "{\"dst-ip\":\"127.0.0.1\",\"frontend-port\":\"$FRONTEND_PORT\",\"backend-port\":\"$BACKEND_PORT\",\"action\":\"add\",\"name\":\"traefik\"}" $WEBHOOK"#,
+        &[
+            ("WEBHOOK", &d.url("/hooks/update-haproxy")),
+            ("WEBHOOK_TOKEN", &d.token),
+            ("FRONTEND_PORT", &port.to_string()),
+            ("BACKEND_PORT", &backend.addr.port().to_string()),
+            ("CURL_CA_BUNDLE", &cert_path.to_string_lossy()),
+        ],
+    );
+    assert!(out.contains("\"registered\""), "{out}");
+    assert_eq!(
+        eventually(Duration::from_secs(10), "traffic", || greeting(
+            d.frontend(port)
+        )),
+        "secure"
+    );
+    // Plain HTTP to the TLS port is not served.
+    let plain = http(
+        "GET",
+        &format!("http://{}/healthz", d.api),
+        None,
+        None,
+        None,
+    );
+    assert_ne!(plain.0, 200);
+}
+
+/// An HAProxy we start ourselves, standing in for a systemd service.
+struct ServiceHaproxy(std::process::Child);
+
+impl Drop for ServiceHaproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn external_mode_reloads_an_haproxy_it_does_not_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let runtime = dir.path().join("admin.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    stats socket \"{}\" mode 600 level admin expose-fd listeners\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\nlisten placeholder\n    bind 127.0.0.1:{}\n    server s 127.0.0.1:1 disabled\n",
+            runtime.display(),
+            free_port("127.0.0.1")
+        ),
+    )
+    .unwrap();
+    let service = ServiceHaproxy(
+        Command::new("haproxy")
+            .args(["-W", "-db", "-f"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = service.0.id();
+    eventually(
+        Duration::from_secs(5),
+        "the service's runtime socket",
+        || runtime.exists().then_some(()),
+    );
+    let toml = fast_toml(
+        "",
+        &format!(
+            "mode = \"external\"\nconfig-path = \"{}\"\nruntime-socket = \"{}\"\nreload-command = [\"sh\", \"-c\", \"kill -USR2 {pid}\"]",
+            cfg.display(),
+            runtime.display()
+        ),
+    );
+    let d = Daemon::start(DaemonOpts {
+        toml,
+        ..DaemonOpts::default()
+    });
+    let backend = Backend::start("external");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, backend.addr);
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("external"));
+    let st = d.status();
+    assert_eq!(st["haproxy"]["mode"], "external");
+    assert!(
+        st["haproxy"]["master_pid"].is_null(),
+        "lbmesh does not own this HAProxy"
+    );
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains(&format!("{port}_frontend"))
+    );
+    // A server-only change uses the service's Runtime API, no reload.
+    let reloads = d.in_step()["haproxy"]["reloads"].as_u64().unwrap();
+    let second = Backend::start("external-2");
+    d.add("traefik", port, second.addr);
+    assert_eq!(d.in_step()["haproxy"]["reloads"].as_u64().unwrap(), reloads);
+    // lbmesh stopping leaves the service running.
+    drop(d);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(greeting(format!("127.0.0.1:{port}").parse().unwrap()).is_some());
+}
