@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Where gossip with other peers listens [default: 127.0.0.1:7946].
     #[arg(long, env = "LBMESH_GOSSIP_LISTEN", value_name = "ADDR:PORT")]
     pub gossip_listen: Option<SocketAddr>,
+    /// The gossip address other peers reach this one at, if gossip-listen is a wildcard.
+    #[arg(long, env = "LBMESH_GOSSIP_ADVERTISE", value_name = "ADDR:PORT")]
+    pub gossip_advertise: Option<SocketAddr>,
     /// A peer to join (repeatable; the variable takes a comma-separated list).
     #[arg(
         long = "seed",
@@ -109,6 +112,7 @@ impl ServeArgs {
             node_id: self.node_id.clone(),
             api_listen: self.api_listen,
             gossip_listen: self.gossip_listen,
+            gossip_advertise: self.gossip_advertise,
             seeds: self.seeds.clone(),
             data_dir: self.data_dir.clone(),
             token_file: self.token_file.clone(),

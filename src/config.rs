@@ -55,6 +55,18 @@ pub struct FileConfig {
     pub registry: RegistryFile,
     #[serde(default)]
     pub haproxy: HaproxyFile,
+    #[serde(default)]
+    pub mesh: MeshFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MeshFile {
+    pub cluster_id: Option<String>,
+    /// The gossip address other peers use, when gossip-listen is a wildcard.
+    pub advertise: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde")]
+    pub gossip_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +153,7 @@ pub struct Overrides {
     pub node_id: Option<String>,
     pub api_listen: Option<SocketAddr>,
     pub gossip_listen: Option<SocketAddr>,
+    pub gossip_advertise: Option<SocketAddr>,
     pub seeds: Vec<String>,
     pub data_dir: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
@@ -157,7 +170,10 @@ pub struct Settings {
     pub node_id: PeerId,
     pub api_listen: SocketAddr,
     pub gossip_listen: SocketAddr,
+    pub gossip_advertise: SocketAddr,
     pub seeds: Vec<String>,
+    pub cluster_id: String,
+    pub gossip_interval: Duration,
     pub data_dir: PathBuf,
     pub token_file: PathBuf,
     pub bind_address: IpAddr,
@@ -270,6 +286,48 @@ impl Settings {
                 "gossip-listen",
                 gossip_listen,
                 "must differ from api-listen",
+            ));
+        }
+        let gossip_advertise = match o.gossip_advertise.or(file.mesh.advertise) {
+            Some(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(invalid(
+                    "mesh.advertise",
+                    a,
+                    "must be a concrete address and port other peers can reach",
+                ));
+            }
+            Some(a) => a,
+            None if gossip_listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "gossip-listen",
+                    gossip_listen,
+                    "listens on every address; set mesh.advertise (--gossip-advertise) to the address peers reach this one at",
+                ));
+            }
+            None => gossip_listen,
+        };
+        let cluster_id = file.mesh.cluster_id.unwrap_or_else(|| "lbmesh".into());
+        if cluster_id.is_empty()
+            || cluster_id.len() > 63
+            || !cluster_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(invalid(
+                "mesh.cluster-id",
+                &cluster_id,
+                "must be 1 to 63 characters from A-Z a-z 0-9 _ . -",
+            ));
+        }
+        let gossip_interval = file
+            .mesh
+            .gossip_interval
+            .unwrap_or(Duration::from_millis(200));
+        if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&gossip_interval) {
+            return Err(invalid(
+                "mesh.gossip-interval",
+                humantime::format_duration(gossip_interval),
+                "must be from 10ms to 10s",
             ));
         }
         let seeds = if o.seeds.is_empty() {
@@ -453,7 +511,10 @@ impl Settings {
             node_id,
             api_listen,
             gossip_listen,
+            gossip_advertise,
             seeds,
+            cluster_id,
+            gossip_interval,
             data_dir,
             token_file,
             bind_address,

@@ -9,13 +9,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{HaproxyMode, Settings};
 use crate::haproxy::apply::{Applier, ApplyTiming};
 use crate::haproxy::process::{Haproxy, Mode};
 use crate::haproxy::render::RenderSettings;
+use crate::mesh::transport::UdpTransport;
+use crate::mesh::{Mesh, MeshSettings};
 use crate::metrics::Metrics;
-use crate::registry::{PortPolicy, Registry};
+use crate::registry::{Origin, PortPolicy, Registry};
 use crate::secret::Token;
 use crate::shared::SharedRegistry;
 use crate::store::Store;
@@ -71,7 +73,9 @@ pub async fn run(
         settings.allowed_ports.clone(),
         [api_port, settings.gossip_listen.port()],
     );
-    let registry = Registry::new(settings.node_id.clone(), settings.limits.clone(), policy);
+    let generation = crate::store::next_generation(&settings.data_dir, SystemClock.now_ms())?;
+    let origin = Origin::new(settings.node_id.clone(), generation);
+    let registry = Registry::new(origin, settings.limits.clone(), policy);
     let shared = Arc::new(SharedRegistry::new(
         registry,
         store,
@@ -132,11 +136,42 @@ pub async fn run(
     let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
     let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
 
+    let api_addr = api_listener.local_addr()?;
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mesh = Mesh::start(
+        MeshSettings {
+            origin: shared.with(|r| r.origin().clone()),
+            listen: settings.gossip_listen,
+            advertise: settings.gossip_advertise,
+            seeds: settings.seeds.clone(),
+            cluster_id: settings.cluster_id.clone(),
+            gossip_interval: settings.gossip_interval,
+            // Longer than any lease: a dead peer's registrations stay until they end.
+            dead_node_grace: settings.limits.max_ttl + Duration::from_secs(3600),
+            deleted_key_grace: Duration::from_secs(3600),
+            api_url: format!("{scheme}://{api_addr}"),
+        },
+        &UdpTransport,
+        shared.clone(),
+        apply_rx.clone(),
+        shutdown_rx.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot join the mesh on {} (gossip-listen)",
+            settings.gossip_listen
+        )
+    })?;
+
     let tls = match &settings.tls {
         Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
         None => None,
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let state = ApiState {
         registry: shared.clone(),
         token: Arc::new(token),
@@ -146,9 +181,8 @@ pub async fn run(
         max_body_bytes: settings.max_body_bytes,
         max_wait: settings.max_wait,
         started,
-        mesh: None,
+        mesh: Some(mesh.status()),
     };
-    let api_addr = api_listener.local_addr()?;
     let server = tokio::spawn(api::serve(
         api_listener,
         tls,
@@ -170,6 +204,7 @@ pub async fn run(
     let _ = server.await;
     let _ = applier.await;
     let _ = maintenance.await;
+    mesh.stop().await;
     let _ = haproxy_stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(10), supervisor)
         .await

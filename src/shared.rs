@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::registry::{Change, Command, Registry, RegistryError, RegistryView};
+use crate::registry::{Change, Command, Entry, Key, Registry, RegistryError, RegistryView};
 use crate::store::{Record, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +17,20 @@ pub enum SubmitError {
     Storage(#[from] StoreError),
 }
 
+/// A change to this peer's own entries, for the mesh to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnEvent {
+    /// A new own entry; the flag says whether peers need it at once (it
+    /// changes what HAProxy serves) or can wait for the next gossip round.
+    Set(Key, Entry, bool),
+    /// The entry no longer matters (lease over, old tombstone).
+    Remove(Key),
+}
+
 /// The one registry of this peer.
 pub struct SharedRegistry {
+    /// Where own writes go to be gossiped, in the order they were accepted.
+    outbox: Mutex<Option<mpsc::UnboundedSender<OwnEvent>>>,
     // A std mutex, not tokio's: every critical section is short and never awaits.
     inner: Mutex<Registry>,
     store: Store,
@@ -37,7 +49,7 @@ impl SharedRegistry {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let now = clock.now_ms();
-        let node = registry.node().clone();
+        let node = registry.origin().clone();
         let mut kept = 0;
         for r in recovered {
             // Expired leases and old tombstones are not restored.
@@ -51,10 +63,30 @@ impl SharedRegistry {
         }
         let (config_changes, _) = watch::channel(registry.config_generation());
         Self {
+            outbox: Mutex::new(None),
             inner: Mutex::new(registry),
             store,
             clock,
             config_changes,
+        }
+    }
+
+    /// Sends own writes to `outbox` from now on; returns the own entries held
+    /// so far, which the caller publishes first.
+    pub fn attach_outbox(&self, outbox: mpsc::UnboundedSender<OwnEvent>) -> Vec<(Key, Entry)> {
+        let reg = self.lock();
+        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(outbox);
+        reg.own_entries().map(|(k, e)| (*k, e.clone())).collect()
+    }
+
+    fn emit(&self, event: OwnEvent) {
+        if let Some(tx) = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(event);
         }
     }
 
@@ -83,10 +115,18 @@ impl SharedRegistry {
         let (change, pending) = {
             let mut reg = self.lock();
             let change = reg.apply(cmd, self.clock.now_ms())?;
+            if !change.written {
+                return Ok(change);
+            }
             let pending = self.store.append(Record {
                 key: change.key,
                 entry: change.entry.clone(),
             });
+            self.emit(OwnEvent::Set(
+                change.key,
+                change.entry.clone(),
+                change.affects_config,
+            ));
             (change, pending)
         };
         if change.affects_config {
@@ -137,7 +177,12 @@ impl SharedRegistry {
     pub async fn compact(&self) -> Result<(), StoreError> {
         let pending = {
             let mut reg = self.lock();
-            reg.collect_garbage(self.clock.now_ms());
+            let own = reg.origin().clone();
+            for (key, origin) in reg.collect_garbage(self.clock.now_ms()) {
+                if origin == own {
+                    self.emit(OwnEvent::Remove(key));
+                }
+            }
             let records = reg
                 .own_entries()
                 .map(|(k, e)| Record {

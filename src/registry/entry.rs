@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{PeerId, ServiceName};
+use super::types::{Origin, ServiceName};
 use crate::clock::Stamp;
 
 /// One accepted registration, renewal or delete of one server.
@@ -65,11 +65,11 @@ impl Entry {
 /// more than `max_skew`. Without that, a peer whose clock runs a few seconds
 /// fast could resurrect a server that was deleted after it was added. When the
 /// adds win, the newest add decides (it carries the latest lease).
-pub fn winner<'a, I>(entries: I, max_skew: Duration) -> Option<(&'a PeerId, &'a Entry)>
+pub fn winner<'a, I>(entries: I, max_skew: Duration) -> Option<(&'a Origin, &'a Entry)>
 where
-    I: IntoIterator<Item = (&'a PeerId, &'a Entry)>,
+    I: IntoIterator<Item = (&'a Origin, &'a Entry)>,
 {
-    let entries: Vec<(&PeerId, &Entry)> = entries.into_iter().collect();
+    let entries: Vec<(&Origin, &Entry)> = entries.into_iter().collect();
     let newest = |want_delete: bool| {
         entries
             .iter()
@@ -82,7 +82,7 @@ where
         (a, None) => a,
         (Some(a), Some(d)) => {
             let skew_ms = max_skew.as_millis() as u64;
-            let beats_delete = |(p, e): &(&PeerId, &Entry)| {
+            let beats_delete = |(p, e): &(&Origin, &Entry)| {
                 !e.is_delete()
                     && (e.stamp, *p) > (d.1.stamp, d.0)
                     && (e.observed >= d.1.stamp
@@ -101,7 +101,7 @@ where
 mod tests {
     use super::*;
 
-    fn peer(s: &str) -> PeerId {
+    fn peer(s: &str) -> Origin {
         s.parse().unwrap()
     }
 
@@ -134,7 +134,7 @@ mod tests {
     fn winner_table() {
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
         // (entries, expected winner peer)
-        type Case<'a> = (Vec<(&'a PeerId, Entry)>, Option<&'a PeerId>, &'static str);
+        type Case<'a> = (Vec<(&'a Origin, Entry)>, Option<&'a Origin>, &'static str);
         let cases: Vec<Case> = vec![
             (vec![], None, "empty"),
             (vec![(&a, add(100, 0))], Some(&a), "single add"),

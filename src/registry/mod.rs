@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use entry::{Entry, Op};
 pub use policy::{PolicyError, PortPolicy, PortRange};
-pub use types::{FieldError, Key, PeerId, ServerAddr, ServiceName};
+pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
 pub use view::{FrontendView, RegistryView, ServerView};
 
 use crate::clock::{Hlc, Stamp};
@@ -42,7 +42,7 @@ impl Default for Limits {
             max_servers: 10_000,
             max_servers_per_frontend: 256,
             max_frontends: 1_000,
-            max_clock_skew: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +100,9 @@ pub struct Change {
     pub config_generation: u64,
     /// Whether HAProxy's config must change for this to be served.
     pub affects_config: bool,
+    /// Whether `entry` is a new write of this peer (false for a no-op delete,
+    /// where `entry` is the tombstone already known).
+    pub written: bool,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -132,11 +135,18 @@ pub enum RegistryError {
     Full(String),
 }
 
+/// What merging a gossiped entry did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Merge {
+    pub changed: bool,
+    pub affects_config: bool,
+}
+
 /// All entries known for one key, by the peer that wrote them, and the winner.
 #[derive(Debug, Clone, Default)]
 struct KeyEntries {
-    by_peer: BTreeMap<PeerId, Entry>,
-    winner: Option<PeerId>,
+    by_peer: BTreeMap<Origin, Entry>,
+    winner: Option<Origin>,
 }
 
 impl KeyEntries {
@@ -156,7 +166,7 @@ impl KeyEntries {
 /// The registry state of one peer: its own entries and those gossiped from others.
 #[derive(Debug)]
 pub struct Registry {
-    node: PeerId,
+    origin: Origin,
     limits: Limits,
     policy: PortPolicy,
     hlc: Hlc,
@@ -172,9 +182,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(node: PeerId, limits: Limits, policy: PortPolicy) -> Self {
+    pub fn new(origin: Origin, limits: Limits, policy: PortPolicy) -> Self {
         Self {
-            node,
+            origin,
             limits,
             policy,
             hlc: Hlc::default(),
@@ -188,7 +198,12 @@ impl Registry {
     }
 
     pub fn node(&self) -> &PeerId {
-        &self.node
+        &self.origin.node
+    }
+
+    /// This peer in its current incarnation: the origin of its own writes.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub fn limits(&self) -> &Limits {
@@ -317,6 +332,7 @@ impl Registry {
                     generation: self.generation,
                     config_generation: self.config_generation,
                     affects_config: false,
+                    written: false,
                 });
             }
             _ => false,
@@ -353,8 +369,8 @@ impl Registry {
         outcome: Outcome,
     ) -> Change {
         let affects_config = outcome != Outcome::Renewed && outcome != Outcome::Absent;
-        let node = self.node.clone();
-        self.set_entry(key, node, Some(entry.clone()));
+        let origin = self.origin.clone();
+        self.set_entry(key, origin, Some(entry.clone()));
         self.generation += 1;
         if affects_config {
             self.config_generation += 1;
@@ -367,6 +383,7 @@ impl Registry {
             generation: self.generation,
             config_generation: self.config_generation,
             affects_config,
+            written: true,
         }
     }
 
@@ -429,7 +446,7 @@ impl Registry {
 
     /// Records `entry` as `peer`'s latest for `key` (or forgets it with `None`)
     /// and recomputes the winner. Used for own writes, restore and gossip.
-    pub fn set_entry(&mut self, key: Key, peer: PeerId, entry: Option<Entry>) {
+    pub fn set_entry(&mut self, key: Key, peer: Origin, entry: Option<Entry>) {
         let ke = self.keys.entry(key).or_default();
         let before = ke.winner().map(Entry::is_delete);
         match entry {
@@ -451,12 +468,50 @@ impl Registry {
         self.count(key.frontend, after, 1);
     }
 
-    /// Like [`Registry::set_entry`] for a peer's write arriving from elsewhere:
-    /// bumps the generations so watchers re-render.
-    pub fn merge_remote(&mut self, key: Key, peer: PeerId, entry: Option<Entry>) {
+    /// Like [`Registry::set_entry`] for a write that arrived by gossip.
+    /// Returns whether the registry changed and whether HAProxy must follow
+    /// (a lease renewal alone does not need it).
+    pub fn merge_remote(
+        &mut self,
+        key: Key,
+        peer: Origin,
+        entry: Option<Entry>,
+        now_ms: u64,
+    ) -> Merge {
+        let before = self.served_as(&key, now_ms);
+        let old = self
+            .keys
+            .get(&key)
+            .and_then(|ke| ke.by_peer.get(&peer))
+            .cloned();
+        if old == entry {
+            return Merge::default();
+        }
         self.set_entry(key, peer, entry);
+        let affects_config = self.served_as(&key, now_ms) != before;
         self.generation += 1;
-        self.config_generation += 1;
+        if affects_config {
+            self.config_generation += 1;
+        }
+        Merge {
+            changed: true,
+            affects_config,
+        }
+    }
+
+    /// What of `key` reaches the HAProxy config (or ownership) at `now_ms`.
+    fn served_as(&self, key: &Key, now_ms: u64) -> Option<(ServiceName, bool, u64)> {
+        let e = self.keys.get(key)?.winner()?;
+        e.live_until(now_ms)?;
+        match &e.op {
+            Op::Add {
+                name,
+                send_proxy,
+                since_ms,
+                ..
+            } => Some((name.clone(), *send_proxy, *since_ms)),
+            Op::Delete { .. } => None,
+        }
     }
 
     fn count(&mut self, frontend: u16, winner_is_delete: Option<bool>, delta: isize) {
@@ -478,7 +533,7 @@ impl Registry {
     pub fn own_entries(&self) -> impl Iterator<Item = (&Key, &Entry)> {
         self.keys
             .iter()
-            .filter_map(|(k, ke)| ke.by_peer.get(&self.node).map(|e| (k, e)))
+            .filter_map(|(k, ke)| ke.by_peer.get(&self.origin).map(|e| (k, e)))
     }
 
     /// Whether an entry still means anything at `now_ms`: a live add, or a
@@ -497,11 +552,11 @@ impl Registry {
         }
     }
 
-    /// Forgets expired leases and old tombstones of every peer. Returns how
-    /// many entries went. Does not bump generations: the view at `now_ms` is
-    /// unchanged by forgetting what is no longer live.
-    pub fn collect_garbage(&mut self, now_ms: u64) -> usize {
-        let mut dead: Vec<(Key, PeerId)> = Vec::new();
+    /// Forgets expired leases and old tombstones of every peer, returning what
+    /// went. Does not bump generations: the view at `now_ms` is unchanged by
+    /// forgetting what is no longer live.
+    pub fn collect_garbage(&mut self, now_ms: u64) -> Vec<(Key, Origin)> {
+        let mut dead: Vec<(Key, Origin)> = Vec::new();
         for (k, ke) in &self.keys {
             for (p, e) in &ke.by_peer {
                 if !self.entry_matters(e, now_ms) {
@@ -509,11 +564,10 @@ impl Registry {
                 }
             }
         }
-        let n = dead.len();
-        for (k, p) in dead {
-            self.set_entry(k, p, None);
+        for (k, p) in &dead {
+            self.set_entry(*k, p.clone(), None);
         }
-        n
+        dead
     }
 
     /// The registry as served at `now_ms`.
@@ -522,7 +576,7 @@ impl Registry {
         let mut conflicts = Vec::new();
         let mut next_expiry_ms: Option<u64> = None;
         let mut owners: BTreeMap<u16, (u64, ServiceName)> = BTreeMap::new();
-        let mut live: Vec<(Key, &PeerId, &Entry)> = Vec::new();
+        let mut live: Vec<(Key, &Origin, &Entry)> = Vec::new();
         for (k, ke) in &self.keys {
             let Some(p) = &ke.winner else { continue };
             let e = &ke.by_peer[p];

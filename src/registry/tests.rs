@@ -140,7 +140,7 @@ fn leases_expire() {
     let v = r.view(T0 + 60_000);
     assert_eq!(v.frontends.keys().copied().collect::<Vec<_>>(), vec![8443]);
     // Garbage collection forgets the expired lease without changing the view.
-    assert_eq!(r.collect_garbage(T0 + 60_000), 1);
+    assert_eq!(r.collect_garbage(T0 + 60_000).len(), 1);
     assert_eq!(r.view(T0 + 60_000).frontends, v.frontends);
     r.check_invariants().unwrap();
 }
@@ -208,15 +208,18 @@ fn a_remote_delete_beats_an_older_local_add() {
         .apply(del(443, "203.0.113.7:30443", "traefik"), T0 + 1000)
         .unwrap();
     assert_eq!(del_change.outcome, Outcome::Absent);
-    a.merge_remote(
+    let m = a.merge_remote(
         add_change.key,
         "lb2".parse().unwrap(),
         Some(del_change.entry.clone()),
+        T0 + 1000,
     );
+    assert!(m.changed && m.affects_config);
     b.merge_remote(
         add_change.key,
         "lb1".parse().unwrap(),
         Some(add_change.entry.clone()),
+        T0 + 1000,
     );
     assert!(a.view(T0 + 1000).frontends.is_empty());
     assert_eq!(a.view(T0 + 1000), {
@@ -239,8 +242,8 @@ fn concurrent_claims_resolve_to_the_oldest_claim_everywhere() {
     let cb = b
         .apply(add(443, "203.0.113.8:1", "second"), T0 + 10)
         .unwrap();
-    a.merge_remote(cb.key, "lb2".parse().unwrap(), Some(cb.entry));
-    b.merge_remote(ca.key, "lb1".parse().unwrap(), Some(ca.entry));
+    a.merge_remote(cb.key, "lb2".parse().unwrap(), Some(cb.entry), T0 + 10);
+    b.merge_remote(ca.key, "lb1".parse().unwrap(), Some(ca.entry), T0 + 10);
     for r in [&a, &b] {
         let v = r.view(T0 + 20);
         assert_eq!(v.frontends[&443].owner.as_str(), "first");
@@ -249,6 +252,53 @@ fn concurrent_claims_resolve_to_the_oldest_claim_everywhere() {
         assert_eq!(v.conflicts[0].name.as_str(), "second");
     }
     assert_eq!(a.view(T0 + 20).digest(), b.view(T0 + 20).digest());
+}
+
+#[test]
+fn a_gossiped_renewal_changes_the_registry_but_not_the_config() {
+    let mut a = reg();
+    let mut b = Registry::new(
+        "lb2".parse().unwrap(),
+        Limits::default(),
+        PortPolicy::new(vec![], []),
+    );
+    let first = b
+        .apply(add(443, "203.0.113.7:30443", "traefik"), T0)
+        .unwrap();
+    let m = a.merge_remote(
+        first.key,
+        "lb2".parse().unwrap(),
+        Some(first.entry.clone()),
+        T0,
+    );
+    assert_eq!(
+        m,
+        Merge {
+            changed: true,
+            affects_config: true
+        }
+    );
+    assert_eq!(
+        a.merge_remote(first.key, "lb2".parse().unwrap(), Some(first.entry), T0),
+        Merge::default(),
+        "the same entry again is no change"
+    );
+    let renewal = b
+        .apply(add(443, "203.0.113.7:30443", "traefik"), T0 + 5_000)
+        .unwrap();
+    let m = a.merge_remote(
+        renewal.key,
+        "lb2".parse().unwrap(),
+        Some(renewal.entry),
+        T0 + 5_000,
+    );
+    assert_eq!(
+        m,
+        Merge {
+            changed: true,
+            affects_config: false
+        }
+    );
 }
 
 #[derive(Debug, Clone)]

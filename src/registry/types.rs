@@ -153,6 +153,41 @@ name_type!(
     "node-id"
 );
 
+/// Who accepted a write: one peer in one incarnation. A restart is a new
+/// generation, so entries of an earlier incarnation stay apart from the new ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    pub node: PeerId,
+    pub generation: u64,
+}
+
+impl Origin {
+    pub fn new(node: PeerId, generation: u64) -> Self {
+        Self { node, generation }
+    }
+}
+
+/// Parses a node id as generation 0 (tests and single-incarnation use).
+impl FromStr for Origin {
+    type Err = FieldError;
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Ok(Self::new(raw.parse()?, 0))
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.node.fmt(f)
+    }
+}
+
+/// Shown as the node id: the generation is bookkeeping.
+impl Serialize for Origin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.node.serialize(s)
+    }
+}
+
 /// One backend server: the node IP and NodePort a frontend forwards to.
 pub type ServerAddr = SocketAddr;
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::types::{PeerId, ServiceName};
+use super::types::{Origin, ServiceName};
 use crate::clock::Stamp;
 
 /// What every part downstream of the registry (render, API, status) reads.
@@ -36,7 +36,7 @@ pub struct ServerView {
     pub since_ms: u64,
     pub expires_ms: u64,
     /// The peer that accepted the write now deciding this server.
-    pub origin: PeerId,
+    pub origin: Origin,
     pub stamp: Stamp,
 }
 

@@ -90,6 +90,25 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result
     result
 }
 
+/// This start's generation: larger than any earlier start's, so peers can
+/// tell a restarted peer from its previous incarnation. Wall-clock
+/// milliseconds, or one more than the last stored value if the clock went back.
+pub fn next_generation(dir: &Path, now_ms: u64) -> Result<u64, StoreError> {
+    let path = dir.join("generation");
+    let last = match fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            line: 1,
+            why: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let next = now_ms.max(last + 1);
+    write_atomic(&path, format!("{next}\n").as_bytes())?;
+    Ok(next)
+}
+
 fn encode_line(r: &Record) -> String {
     let json = serde_json::to_string(r).expect("records serialize");
     format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
@@ -469,6 +488,18 @@ mod tests {
         fs::write(&wal, bytes).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn generations_always_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_generation(dir.path(), 1_000).unwrap(), 1_000);
+        assert_eq!(
+            next_generation(dir.path(), 500).unwrap(),
+            1_001,
+            "clock went back"
+        );
+        assert_eq!(next_generation(dir.path(), 5_000).unwrap(), 5_000);
     }
 
     #[test]
