@@ -23,6 +23,15 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// A UDP port nobody uses right now (for gossip).
+pub fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -41,6 +50,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// HAProxy) when dropped, even if the test fails.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
+    pub token_file: PathBuf,
     pub data_dir: PathBuf,
     pub api: SocketAddr,
     pub gossip: SocketAddr,
@@ -61,6 +71,12 @@ pub struct DaemonOpts {
     pub node_id: String,
     pub extra_args: Vec<String>,
     pub scheme: &'static str,
+    /// Gossip port (a free one if None).
+    pub gossip_port: Option<u16>,
+    /// Peers to join.
+    pub seeds: Vec<SocketAddr>,
+    /// A token file shared with other peers (each peer generates its own if None).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for DaemonOpts {
@@ -71,6 +87,9 @@ impl Default for DaemonOpts {
             node_id: "lb1".into(),
             extra_args: Vec::new(),
             scheme: "http",
+            gossip_port: None,
+            seeds: Vec::new(),
+            token_file: None,
         }
     }
 }
@@ -92,14 +111,20 @@ impl Daemon {
         let api: SocketAddr = format!("{}:{}", opts.ip, free_port(&opts.ip))
             .parse()
             .unwrap();
-        let gossip: SocketAddr = format!("{}:{}", opts.ip, free_port(&opts.ip))
-            .parse()
-            .unwrap();
+        let gossip_port = opts.gossip_port.unwrap_or_else(|| free_udp_port(&opts.ip));
+        let gossip: SocketAddr = format!("{}:{gossip_port}", opts.ip).parse().unwrap();
+        let seeds: Vec<String> = opts.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let token_file = opts
+            .token_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("token"));
         let config = format!(
-            "node-id = \"{}\"\napi-listen = \"{api}\"\ngossip-listen = \"{gossip}\"\nbind-address = \"{}\"\ndata-dir = \"{}\"\n{}",
+            "node-id = \"{}\"\napi-listen = \"{api}\"\ngossip-listen = \"{gossip}\"\nbind-address = \"{}\"\ndata-dir = \"{}\"\ntoken-file = \"{}\"\nseeds = [{}]\n{}",
             opts.node_id,
             opts.ip,
             data_dir.display(),
+            token_file.display(),
+            seeds.join(", "),
             if opts.toml.is_empty() {
                 fast_toml("", "")
             } else {
@@ -109,6 +134,7 @@ impl Daemon {
         std::fs::write(dir.path().join("lbmesh.toml"), &config).unwrap();
         let mut d = Daemon {
             dir,
+            token_file,
             data_dir,
             api,
             gossip,
@@ -146,7 +172,7 @@ impl Daemon {
             .spawn()
             .expect("spawn lbmesh");
         self.child = Some(child);
-        let token_file = self.data_dir.join("token");
+        let token_file = self.token_file.clone();
         self.token = eventually(Duration::from_secs(10), "the token file", || {
             std::fs::read_to_string(&token_file)
                 .ok()
