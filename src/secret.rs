@@ -20,10 +20,10 @@ impl fmt::Debug for Token {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("token file {path}: {source}")]
+    #[error("token file {path}: {error}")]
     Read {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("token file {path}: {problem}")]
     Invalid { path: String, problem: &'static str },
@@ -79,27 +79,27 @@ impl Token {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|source| TokenError::Read {
+                    std::fs::create_dir_all(dir).map_err(|error| TokenError::Read {
                         path: dir.display().to_string(),
-                        source,
+                        error,
                     })?;
                 }
                 let t = Token::generate();
                 write_atomic_mode(path, format!("{}\n", t.0).as_bytes(), Some(0o600))?;
                 Ok((t, true))
             }
-            Err(source) => Err(TokenError::Read {
+            Err(error) => Err(TokenError::Read {
                 path: path.display().to_string(),
-                source,
+                error,
             }),
         }
     }
 
     /// Reads an existing token file (clients).
     pub fn load(path: &Path) -> Result<Token, TokenError> {
-        let raw = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        let raw = std::fs::read_to_string(path).map_err(|error| TokenError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Token::parse(&raw).map_err(|problem| TokenError::Invalid {
             path: path.display().to_string(),

@@ -18,10 +18,10 @@ use super::runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("could not run {what}: {source}")]
+    #[error("could not run {what}: {error}")]
     Spawn {
         what: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("haproxy rejected the config:\n{0}")]
     Invalid(String),
@@ -59,9 +59,9 @@ pub async fn validate(binary: &Path, config: &Path) -> Result<(), ProcessError> 
     )
     .await
     .map_err(|_| ProcessError::Invalid("haproxy -c took longer than 60 s".into()))?
-    .map_err(|source| ProcessError::Spawn {
+    .map_err(|error| ProcessError::Spawn {
         what: format!("{} -c", binary.display()),
-        source,
+        error,
     })?;
     if out.status.success() {
         Ok(())
@@ -201,9 +201,9 @@ impl Haproxy {
                     .kill_on_drop(true)
                     .output()
                     .await
-                    .map_err(|source| ProcessError::Spawn {
+                    .map_err(|error| ProcessError::Spawn {
                         what: program.clone(),
-                        source,
+                        error,
                     })?;
                 if !out.status.success() {
                     return Err(ProcessError::Reload(format!(
@@ -333,9 +333,9 @@ impl Haproxy {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| ProcessError::Spawn {
+            .map_err(|error| ProcessError::Spawn {
                 what: self.binary.display().to_string(),
-                source,
+                error,
             })?;
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(async move {
@@ -346,13 +346,16 @@ impl Haproxy {
                     let routine = [
                         "stopped (cumulated",
                         "exited with code 0",
+                        "(Terminated)",
+                        "Exiting Master process",
+                        "All workers exited",
                         "is UP",
                         "Paused",
                         "Resumed",
                     ]
                     .iter()
                     .any(|r| line.contains(r));
-                    if line.contains("[ALERT]") {
+                    if line.contains("[ALERT]") && !routine {
                         tracing::error!(target: "haproxy", "{line}");
                     } else if line.contains("[WARNING]") && !routine {
                         tracing::warn!(target: "haproxy", "{line}");

@@ -10,10 +10,10 @@ use super::render::{Backend, backend_name, slot_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: no answer within {timeout:?}")]
     Timeout { path: PathBuf, timeout: Duration },
@@ -26,9 +26,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends one line of `;`-separated commands and returns everything HAProxy
 /// answers before it closes the connection.
 pub async fn send(socket: &Path, line: &str) -> Result<String, RuntimeError> {
-    let io = |source| RuntimeError::Io {
+    let io = |error| RuntimeError::Io {
         path: socket.to_owned(),
-        source,
+        error,
     };
     let talk = async {
         let mut s = UnixStream::connect(socket).await.map_err(io)?;
