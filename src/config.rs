@@ -59,9 +59,26 @@ pub struct FileConfig {
     pub mesh: MeshFile,
 }
 
+/// How peers talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeshTransport {
+    /// QUIC with mutual TLS against the cluster CA (the default).
+    Quic,
+    /// Plain chitchat UDP: no authentication, no encryption. Only for
+    /// networks where every host that can reach the gossip port is trusted.
+    Udp,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MeshFile {
+    pub transport: Option<MeshTransport>,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: Option<PathBuf>,
+    /// This peer's certificate and key from `lbmesh ca issue`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub cluster_id: Option<String>,
     /// The gossip address other peers use, when gossip-listen is a wildcard.
     pub advertise: Option<SocketAddr>,
@@ -74,6 +91,10 @@ pub struct MeshFile {
 pub struct ApiFile {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made on first start.
+    pub tls_self_signed: Option<bool>,
+    /// Extra DNS names or IPs for the self-signed certificate.
+    pub tls_names: Option<Vec<String>>,
     pub max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
@@ -177,12 +198,36 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub token_file: PathBuf,
     pub bind_address: IpAddr,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<ApiTls>,
+    pub gossip_tls: GossipTls,
     pub max_body_bytes: usize,
     pub max_wait: Duration,
     pub limits: Limits,
     pub allowed_ports: Vec<PortRange>,
     pub haproxy: HaproxySettings,
+}
+
+/// How the API serves HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    /// A certificate and key given by the operator (certbot, or `lbmesh ca issue`).
+    Files { cert: PathBuf, key: PathBuf },
+    /// A self-signed certificate made on first start in `dir`, for these names.
+    SelfSigned { dir: PathBuf, names: Vec<String> },
+}
+
+/// Peer-link security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipTls {
+    /// Plain UDP (mesh.transport = "udp").
+    None,
+    /// QUIC with mutual TLS using these files; `create` makes a CA and a
+    /// certificate there on first start when they are missing and no seeds
+    /// are configured (a single peer).
+    Quic {
+        files: crate::tls::PeerTlsFiles,
+        create: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -357,11 +402,80 @@ impl Settings {
             .or(file.bind_address)
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
 
+        let gossip_tls = match file.mesh.transport.unwrap_or(MeshTransport::Quic) {
+            MeshTransport::Udp => GossipTls::None,
+            MeshTransport::Quic => {
+                let tls_dir = data_dir.join("tls");
+                let given = [&file.mesh.ca_cert, &file.mesh.cert, &file.mesh.key];
+                if given.iter().any(|g| g.is_some()) && !given.iter().all(|g| g.is_some()) {
+                    return Err(invalid(
+                        "mesh.ca-cert",
+                        "",
+                        "mesh.ca-cert, mesh.cert and mesh.key go together; give all three",
+                    ));
+                }
+                let explicit = file.mesh.cert.is_some();
+                let files = crate::tls::PeerTlsFiles {
+                    ca_cert: abs(file
+                        .mesh
+                        .ca_cert
+                        .clone()
+                        .unwrap_or_else(|| tls_dir.join(crate::tls::CA_CERT))),
+                    cert: abs(file
+                        .mesh
+                        .cert
+                        .clone()
+                        .unwrap_or_else(|| tls_dir.join(format!("{node_id}.crt")))),
+                    key: abs(file
+                        .mesh
+                        .key
+                        .clone()
+                        .unwrap_or_else(|| tls_dir.join(format!("{node_id}.key")))),
+                };
+                GossipTls::Quic {
+                    files,
+                    create: !explicit && seeds.is_empty(),
+                }
+            }
+        };
         let tls = match (
             o.tls_cert.or(file.api.tls_cert),
             o.tls_key.or(file.api.tls_key),
         ) {
-            (Some(c), Some(k)) => Some((abs(c), abs(k))),
+            (Some(c), Some(k)) => {
+                if file.api.tls_self_signed == Some(true) {
+                    return Err(invalid(
+                        "api.tls-self-signed",
+                        "true",
+                        "conflicts with api.tls-cert and api.tls-key; choose one",
+                    ));
+                }
+                Some(ApiTls::Files {
+                    cert: abs(c),
+                    key: abs(k),
+                })
+            }
+            (None, None) if file.api.tls_self_signed == Some(true) => {
+                let names = file.api.tls_names.clone().unwrap_or_default();
+                for n in &names {
+                    if n.is_empty()
+                        || n.len() > 253
+                        || !n
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+                    {
+                        return Err(invalid(
+                            "api.tls-names",
+                            n,
+                            "must be DNS names or IP addresses",
+                        ));
+                    }
+                }
+                Some(ApiTls::SelfSigned {
+                    dir: data_dir.join("tls"),
+                    names,
+                })
+            }
             (None, None) => None,
             (Some(c), None) => {
                 return Err(invalid(
@@ -519,6 +633,7 @@ impl Settings {
             token_file,
             bind_address,
             tls,
+            gossip_tls,
             max_body_bytes,
             max_wait,
             limits,

@@ -10,17 +10,19 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{HaproxyMode, Settings};
+use crate::config::{ApiTls, GossipTls, HaproxyMode, Settings};
 use crate::haproxy::apply::{Applier, ApplyTiming};
 use crate::haproxy::process::{Haproxy, Mode};
 use crate::haproxy::render::RenderSettings;
-use crate::mesh::transport::UdpTransport;
+use crate::mesh::quic::QuicTransport;
+use crate::mesh::transport::{Transport, UdpTransport};
 use crate::mesh::{Mesh, MeshSettings};
 use crate::metrics::Metrics;
 use crate::registry::{Origin, PortPolicy, Registry};
 use crate::secret::Token;
 use crate::shared::SharedRegistry;
 use crate::store::Store;
+use crate::tls::{self, PeerTls};
 
 /// Holds the data directory lock for the life of the daemon.
 struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
@@ -142,6 +144,34 @@ pub async fn run(
     } else {
         "http"
     };
+    let quic = match &settings.gossip_tls {
+        GossipTls::None => {
+            tracing::warn!(
+                "gossip runs over plain UDP (mesh.transport = \"udp\"): unauthenticated and unencrypted"
+            );
+            None
+        }
+        GossipTls::Quic { files, create } => {
+            if *create && !(files.ca_cert.exists() && files.cert.exists() && files.key.exists()) {
+                if let Some(dir) = files.cert.parent() {
+                    tls::ensure_single_peer_tls(dir, &settings.node_id)?;
+                }
+            }
+            let peer_tls = PeerTls::load(files, &settings.node_id).map_err(|e| {
+                anyhow::anyhow!(
+                    "peer TLS: {e}\nA mesh needs a cluster CA and a certificate per peer: \
+                     `lbmesh ca init` once, `lbmesh ca issue --node-id {}` for this peer, \
+                     then set mesh.ca-cert, mesh.cert and mesh.key (see the README).",
+                    settings.node_id
+                )
+            })?;
+            Some(QuicTransport::new(peer_tls))
+        }
+    };
+    let gossip_transport: &dyn Transport = match &quic {
+        Some(q) => q,
+        None => &UdpTransport,
+    };
     let mesh = Mesh::start(
         MeshSettings {
             origin: shared.with(|r| r.origin().clone()),
@@ -154,8 +184,9 @@ pub async fn run(
             dead_node_grace: settings.limits.max_ttl + Duration::from_secs(3600),
             deleted_key_grace: Duration::from_secs(3600),
             api_url: format!("{scheme}://{api_addr}"),
+            identities: quic.as_ref().map(QuicTransport::identities),
         },
-        &UdpTransport,
+        gossip_transport,
         shared.clone(),
         apply_rx.clone(),
         shutdown_rx.clone(),
@@ -169,7 +200,16 @@ pub async fn run(
     })?;
 
     let tls = match &settings.tls {
-        Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
+        Some(ApiTls::Files { cert, key }) => Some(api::tls_acceptor(cert, key)?),
+        Some(ApiTls::SelfSigned { dir, names }) => {
+            let mut all = vec!["localhost".to_string(), settings.node_id.to_string()];
+            if !api_addr.ip().is_unspecified() {
+                all.push(api_addr.ip().to_string());
+            }
+            all.extend(names.iter().cloned());
+            let (cert, key) = tls::ensure_self_signed_api(dir, &all)?;
+            Some(api::tls_acceptor(&cert, &key)?)
+        }
         None => None,
     };
     let state = ApiState {

@@ -15,3 +15,4 @@ pub mod shared;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod tls;

@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Cmd::Serve(args) => cli::serve(*args).await,
             Cmd::Status(args) => cli::status(args).await,
+            Cmd::Ca(cmd) => cli::ca(cmd),
         }
     });
     match result {

@@ -21,10 +21,7 @@ impl fmt::Debug for Token {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("token file {path}: {error}")]
-    Read {
-        path: String,
-        error: std::io::Error,
-    },
+    Read { path: String, error: std::io::Error },
     #[error("token file {path}: {problem}")]
     Invalid { path: String, problem: &'static str },
     #[error(transparent)]

@@ -14,7 +14,8 @@ struct Mesh {
     peers: Vec<Daemon>,
 }
 
-fn mesh() -> Mesh {
+/// `transport` is "quic" (with a cluster CA) or "udp".
+fn mesh_with(transport: &str) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let token: PathBuf = dir.path().join("token");
     std::fs::write(&token, "mesh-test-token-0123456789abcdef\n").unwrap();
@@ -35,11 +36,20 @@ fn mesh() -> Mesh {
                 gossip_port: Some(ports[i]),
                 seeds: seeds.clone(),
                 token_file: Some(token.clone()),
+                mesh: if transport == "quic" {
+                    issue_peer_cert(dir.path(), &format!("lb{}", i + 1))
+                } else {
+                    "transport = \"udp\"".into()
+                },
                 ..DaemonOpts::default()
             })
         })
         .collect();
     Mesh { _dir: dir, peers }
+}
+
+fn mesh() -> Mesh {
+    mesh_with("quic")
 }
 
 impl Mesh {

@@ -19,10 +19,7 @@ use super::runtime;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("could not run {what}: {error}")]
-    Spawn {
-        what: String,
-        error: std::io::Error,
-    },
+    Spawn { what: String, error: std::io::Error },
     #[error("haproxy rejected the config:\n{0}")]
     Invalid(String),
     #[error("reload failed: {0}")]

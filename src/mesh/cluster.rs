@@ -159,6 +159,7 @@ impl Cluster {
                 dead_node_grace: settings.limits.max_ttl + Duration::from_secs(3600),
                 deleted_key_grace: Duration::from_secs(3600),
                 api_url: format!("http://{}", node.addr),
+                identities: None,
             },
             &net,
             shared.clone(),

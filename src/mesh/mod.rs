@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod quic;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +54,9 @@ pub struct MeshSettings {
     pub deleted_key_grace: Duration,
     /// This peer's API URL, published for status and clients.
     pub api_url: String,
+    /// Who authenticated peer addresses are (QUIC transport); a peer whose
+    /// certificate names another node than the one it gossips as is refused.
+    pub identities: Option<Arc<quic::Identities>>,
 }
 
 /// A running mesh membership.
@@ -133,6 +137,7 @@ impl Mesh {
             tokio::spawn(sync(
                 chitchat.clone(),
                 id.clone(),
+                settings.identities.clone(),
                 registry.clone(),
                 wake,
                 peers.clone(),
@@ -232,6 +237,7 @@ struct Seen {
 async fn sync(
     chitchat: Arc<Mutex<chitchat::Chitchat>>,
     me: ChitchatId,
+    identities: Option<Arc<quic::Identities>>,
     registry: Arc<SharedRegistry>,
     wake: Arc<Notify>,
     peers: Arc<ArcSwap<Vec<PeerStatus>>>,
@@ -263,6 +269,29 @@ async fn sync(
                     continue;
                 };
                 let origin = Origin::new(node, id.generation_id);
+                if let Some(certified) = identities
+                    .as_ref()
+                    .and_then(|i| i.node_at(id.gossip_advertise_addr))
+                    .filter(|n| *n != origin.node)
+                {
+                    if bad_nodes.insert(id.clone()) {
+                        tracing::warn!(
+                            addr = %id.gossip_advertise_addr,
+                            certificate = %certified,
+                            gossips_as = %origin.node,
+                            "refusing a peer whose certificate names another node than it gossips as"
+                        );
+                    }
+                    // Forget anything merged from it before it was found out.
+                    if let Some(s) = seen.remove(id) {
+                        for k in s.keys.keys() {
+                            if let Ok(key) = codec::decode_key(&k[codec::ENTRY_PREFIX.len()..]) {
+                                changes.push((key, origin.clone(), None));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let s = seen.entry(id.clone()).or_default();
                 if state.max_version() == s.max_version {
                     continue;
@@ -321,7 +350,12 @@ async fn sync(
                 }
                 keep
             });
-            peer_statuses(states, &live)
+            let trusted: BTreeMap<ChitchatId, &chitchat::NodeState> = states
+                .iter()
+                .filter(|(id, _)| !bad_nodes.contains(id))
+                .map(|(id, st)| (id.clone(), st))
+                .collect();
+            peer_statuses(&trusted, &live)
         };
         peers.store(Arc::new(statuses));
         if !changes.is_empty() {
@@ -349,11 +383,12 @@ fn meta(state: &chitchat::NodeState, key: &str) -> Option<String> {
 
 /// One row per node id (its newest incarnation), this peer included.
 fn peer_statuses(
-    states: &BTreeMap<ChitchatId, chitchat::NodeState>,
+    states: &BTreeMap<ChitchatId, &chitchat::NodeState>,
     live: &HashSet<&ChitchatId>,
 ) -> Vec<PeerStatus> {
     let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
     for (id, state) in states {
+        let state: &chitchat::NodeState = state;
         let slot = newest.entry(&id.node_id).or_insert((id, state));
         if id.generation_id > slot.0.generation_id {
             *slot = (id, state);

@@ -77,6 +77,8 @@ pub struct DaemonOpts {
     pub seeds: Vec<SocketAddr>,
     /// A token file shared with other peers (each peer generates its own if None).
     pub token_file: Option<PathBuf>,
+    /// Keys of the `[mesh]` table.
+    pub mesh: String,
 }
 
 impl Default for DaemonOpts {
@@ -90,8 +92,28 @@ impl Default for DaemonOpts {
             gossip_port: None,
             seeds: Vec::new(),
             token_file: None,
+            mesh: String::new(),
         }
     }
+}
+
+/// A cluster CA made with `lbmesh ca init` in `dir`, and a certificate for
+/// `node` from `lbmesh ca issue`; returns the `[mesh]` keys that use them.
+pub fn issue_peer_cert(dir: &Path, node: &str) -> String {
+    let ca = dir.join("ca");
+    if !ca.join("ca.crt").exists() {
+        sh(&format!("{BIN} ca init --dir {}", ca.display()), &[]);
+    }
+    sh(
+        &format!("{BIN} ca issue --dir {} --node-id {node}", ca.display()),
+        &[],
+    );
+    format!(
+        "ca-cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+        ca.join("ca.crt").display(),
+        ca.join(format!("{node}.crt")).display(),
+        ca.join(format!("{node}.key")).display()
+    )
 }
 
 /// Fast health checks and short minimum leases, so tests finish quickly;
@@ -131,6 +153,11 @@ impl Daemon {
                 opts.toml
             }
         );
+        let config = if opts.mesh.is_empty() {
+            config
+        } else {
+            format!("{config}\n[mesh]\n{}\n", opts.mesh)
+        };
         std::fs::write(dir.path().join("lbmesh.toml"), &config).unwrap();
         let mut d = Daemon {
             dir,
