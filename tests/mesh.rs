@@ -3,85 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
-struct Mesh {
-    _dir: tempfile::TempDir,
-    peers: Vec<Daemon>,
-}
-
-/// `transport` is "quic" (with a cluster CA) or "udp".
-fn mesh_with(transport: &str) -> Mesh {
-    let dir = tempfile::tempdir().unwrap();
-    let token: PathBuf = dir.path().join("token");
-    std::fs::write(&token, "mesh-test-token-0123456789abcdef\n").unwrap();
-    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-    let ports: Vec<u16> = ips.iter().map(|ip| free_udp_port(ip)).collect();
-    let seeds: Vec<SocketAddr> = ips
-        .iter()
-        .zip(&ports)
-        .map(|(ip, p)| format!("{ip}:{p}").parse().unwrap())
-        .collect();
-    let peers = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            Daemon::start(DaemonOpts {
-                ip: ip.to_string(),
-                node_id: format!("lb{}", i + 1),
-                gossip_port: Some(ports[i]),
-                seeds: seeds.clone(),
-                token_file: Some(token.clone()),
-                mesh: if transport == "quic" {
-                    issue_peer_cert(dir.path(), &format!("lb{}", i + 1))
-                } else {
-                    "transport = \"udp\"".into()
-                },
-                ..DaemonOpts::default()
-            })
-        })
-        .collect();
-    Mesh { _dir: dir, peers }
-}
-
 fn mesh() -> Mesh {
-    mesh_with("quic")
-}
-
-impl Mesh {
-    /// Waits until every running peer sees the others it should and reports
-    /// a converged mesh: same registry and config digests on all live peers.
-    fn converged(&self, live: &[usize]) {
-        for &i in live {
-            let p = &self.peers[i];
-            eventually(Duration::from_secs(20), "the mesh to converge", || {
-                let s = p.status();
-                let peers = s["peers"].as_array()?;
-                let live_ids: Vec<&str> = peers
-                    .iter()
-                    .filter(|x| x["live"] == true)
-                    .filter_map(|x| x["node_id"].as_str())
-                    .collect();
-                let want: Vec<String> = live.iter().map(|j| format!("lb{}", j + 1)).collect();
-                (s["converged"] == true
-                    && s["haproxy"]["in_step"] == true
-                    && want.iter().all(|w| live_ids.contains(&w.as_str())))
-                .then_some(())
-            });
-        }
-        let digests: Vec<serde_json::Value> = live
-            .iter()
-            .map(|&i| self.peers[i].status()["registry"]["digest"].clone())
-            .collect();
-        assert!(
-            digests.windows(2).all(|w| w[0] == w[1]),
-            "registry digests differ: {digests:?}"
-        );
-    }
+    mesh_of(3, "quic")
 }
 
 #[test]

@@ -139,3 +139,62 @@ fn external_mode_reloads_an_haproxy_it_does_not_own() {
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(greeting(format!("127.0.0.1:{port}").parse().unwrap()).is_some());
 }
+
+#[test]
+fn the_api_serves_https_with_a_self_signed_or_cluster_ca_certificate_clients_pin() {
+    // Self-signed, made on first start.
+    let d = Daemon::start(DaemonOpts {
+        toml: format!("{}\n[api]\ntls-self-signed = true\n", fast_toml("", "")),
+        scheme: "https",
+        ..DaemonOpts::default()
+    });
+    let pinned = d.data_dir.join("tls/api.crt");
+    let url = d.url("/healthz");
+    let ok = sh(
+        &format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --cacert {} {url}",
+            pinned.display()
+        ),
+        &[],
+    );
+    assert_eq!(ok, "200");
+    // Without the pin, the certificate is not trusted.
+    let refused = std::process::Command::new("curl")
+        .args(["-s", &url])
+        .status()
+        .unwrap();
+    assert!(
+        !refused.success(),
+        "an unpinned client must not trust a self-signed certificate"
+    );
+
+    // Issued from a cluster CA for the API's address.
+    let ca = tempfile::tempdir().unwrap();
+    sh(&format!("{BIN} ca init --dir {}", ca.path().display()), &[]);
+    sh(
+        &format!(
+            "{BIN} ca issue --dir {} --node-id lb1 --name 127.0.0.1 --name localhost",
+            ca.path().display()
+        ),
+        &[],
+    );
+    let d = Daemon::start(DaemonOpts {
+        toml: format!(
+            "{}\n[api]\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            fast_toml("", ""),
+            ca.path().join("lb1.crt").display(),
+            ca.path().join("lb1.key").display()
+        ),
+        scheme: "https",
+        ..DaemonOpts::default()
+    });
+    let ok = sh(
+        &format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --cacert {} {}",
+            ca.path().join("ca.crt").display(),
+            d.url("/healthz")
+        ),
+        &[],
+    );
+    assert_eq!(ok, "200");
+}

@@ -50,10 +50,11 @@ impl Identities {
     }
 }
 
-/// Logs a refusal at most once per minute per remote address.
+/// Logs a refusal at most once a minute per remote address and reason, so a
+/// flood cannot fill the log but every distinct reason is seen.
 #[derive(Default)]
 struct RefusalLog {
-    last: Mutex<HashMap<IpAddr, Instant>>,
+    last: Mutex<HashMap<(IpAddr, String), Instant>>,
 }
 
 impl RefusalLog {
@@ -63,11 +64,16 @@ impl RefusalLog {
         if last.len() > 10_000 {
             last.clear();
         }
+        // Numbers (times, counts) vary between attempts; the reason does not.
+        let key = (
+            remote.ip(),
+            why.chars().filter(|c| !c.is_ascii_digit()).collect(),
+        );
         let due = last
-            .get(&remote.ip())
+            .get(&key)
             .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60));
         if due {
-            last.insert(remote.ip(), now);
+            last.insert(key, now);
             tracing::warn!(%remote, reason = %why, "refused a gossip connection");
         }
     }

@@ -555,3 +555,75 @@ pub fn sh(script: &str, env: &[(&str, &str)]) -> String {
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// Peers on 127.0.0.1, .2 … sharing a token, seeded with each other; with
+/// `transport` "quic" each gets a certificate from one cluster CA.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub peers: Vec<Daemon>,
+}
+
+pub fn mesh_of(n: usize, transport: &str) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let token: PathBuf = dir.path().join("token");
+    std::fs::write(&token, "mesh-test-token-0123456789abcdef\n").unwrap();
+    let ips: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+    let ports: Vec<u16> = ips.iter().map(|ip| free_udp_port(ip)).collect();
+    let seeds: Vec<SocketAddr> = ips
+        .iter()
+        .zip(&ports)
+        .map(|(ip, p)| format!("{ip}:{p}").parse().unwrap())
+        .collect();
+    let peers = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            Daemon::start(DaemonOpts {
+                ip: ip.to_string(),
+                node_id: format!("lb{}", i + 1),
+                gossip_port: Some(ports[i]),
+                seeds: seeds.clone(),
+                token_file: Some(token.clone()),
+                mesh: if transport == "quic" {
+                    issue_peer_cert(dir.path(), &format!("lb{}", i + 1))
+                } else {
+                    "transport = \"udp\"".into()
+                },
+                ..DaemonOpts::default()
+            })
+        })
+        .collect();
+    Mesh { dir, peers }
+}
+
+impl Mesh {
+    /// Waits until every running peer sees the others it should and reports
+    /// a converged mesh: same registry and config digests on all live peers.
+    pub fn converged(&self, live: &[usize]) {
+        for &i in live {
+            let p = &self.peers[i];
+            eventually(Duration::from_secs(20), "the mesh to converge", || {
+                let s = p.status();
+                let peers = s["peers"].as_array()?;
+                let live_ids: Vec<&str> = peers
+                    .iter()
+                    .filter(|x| x["live"] == true)
+                    .filter_map(|x| x["node_id"].as_str())
+                    .collect();
+                let want: Vec<String> = live.iter().map(|j| format!("lb{}", j + 1)).collect();
+                (s["converged"] == true
+                    && s["haproxy"]["in_step"] == true
+                    && want.iter().all(|w| live_ids.contains(&w.as_str())))
+                .then_some(())
+            });
+        }
+        let digests: Vec<serde_json::Value> = live
+            .iter()
+            .map(|&i| self.peers[i].status()["registry"]["digest"].clone())
+            .collect();
+        assert!(
+            digests.windows(2).all(|w| w[0] == w[1]),
+            "registry digests differ: {digests:?}"
+        );
+    }
+}
