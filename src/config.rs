@@ -693,6 +693,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_in_deploy_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let file = FileConfig::load(&path).unwrap();
+                Settings::resolve(file, Overrides::default(), Path::new("/"))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         for (toml, needle) in [
             ("nodeid = \"x\"", "unknown field `nodeid`"),
