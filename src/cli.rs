@@ -28,6 +28,9 @@ pub enum Cmd {
     Serve(Box<ServeArgs>),
     /// Show this peer (and the mesh it sees) as a table.
     Status(StatusArgs),
+    /// Register a NodePort with the mesh and keep it registered: a drop-in for
+    /// the original phone-home container (same environment variables).
+    PhoneHome(Box<crate::phone_home::PhoneHomeArgs>),
     /// The cluster certificate authority for peer links.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -244,6 +247,13 @@ pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn phone_home(args: crate::phone_home::PhoneHomeArgs) -> anyhow::Result<()> {
+    let cfg = args.validate()?;
+    crate::phone_home::Client::new(cfg)?
+        .run(termination())
+        .await
 }
 
 /// An HTTP client for lbmesh's own API.

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod haproxy;
 pub mod mesh;
 pub mod metrics;
+pub mod phone_home;
 pub mod registry;
 pub mod secret;
 pub mod shared;

@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Serve(args) => cli::serve(*args).await,
             Cmd::Status(args) => cli::status(args).await,
             Cmd::Ca(cmd) => cli::ca(cmd),
+            Cmd::PhoneHome(args) => cli::phone_home(*args).await,
         }
     });
     match result {

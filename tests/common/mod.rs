@@ -477,7 +477,12 @@ impl Backend {
     }
 
     pub fn start_on(ip: &str, name: &str) -> Backend {
-        let listener = TcpListener::bind((ip, 0)).unwrap();
+        Self::start_at(format!("{ip}:0").parse().unwrap(), name)
+    }
+
+    /// A backend at exactly `addr` (port 0 picks one).
+    pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
