@@ -57,6 +57,23 @@ pub struct FileConfig {
     pub haproxy: HaproxyFile,
     #[serde(default)]
     pub mesh: MeshFile,
+    #[serde(default)]
+    pub keepalived: KeepalivedFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeepalivedFile {
+    /// keepalived's notify_fifo, read by the daemon (alternative to the notify command).
+    pub notify_fifo: Option<PathBuf>,
+    /// Commands run when this peer becomes MASTER, BACKUP or FAULT.
+    pub on_master: Option<Vec<String>>,
+    pub on_backup: Option<Vec<String>>,
+    pub on_fault: Option<Vec<String>>,
+    /// How long this peer's HAProxy config may differ from the mesh majority
+    /// before the health check fails.
+    #[serde(default, with = "humantime_serde")]
+    pub max_lag: Option<Duration>,
 }
 
 /// How peers talk to each other.
@@ -204,6 +221,9 @@ pub struct Settings {
     pub max_wait: Duration,
     pub limits: Limits,
     pub allowed_ports: Vec<PortRange>,
+    pub notify_fifo: Option<PathBuf>,
+    pub hooks: crate::keepalived::Hooks,
+    pub max_lag: Duration,
     pub haproxy: HaproxySettings,
 }
 
@@ -621,7 +641,37 @@ impl Settings {
             )?,
             min_slots,
         };
+        let k = file.keepalived;
+        for (key, hook) in [
+            ("keepalived.on-master", &k.on_master),
+            ("keepalived.on-backup", &k.on_backup),
+            ("keepalived.on-fault", &k.on_fault),
+        ] {
+            if hook
+                .as_ref()
+                .is_some_and(|h| h.is_empty() || h[0].is_empty())
+            {
+                return Err(invalid(
+                    key,
+                    "[]",
+                    "must name a program, e.g. [\"/usr/local/bin/move-ip\", \"--to-me\"]",
+                ));
+            }
+        }
+        let hooks = crate::keepalived::Hooks {
+            on_master: k.on_master.unwrap_or_default(),
+            on_backup: k.on_backup.unwrap_or_default(),
+            on_fault: k.on_fault.unwrap_or_default(),
+        };
+        let max_lag = positive(
+            "keepalived.max-lag",
+            k.max_lag.unwrap_or(Duration::from_secs(10)),
+        )?;
+        let notify_fifo = k.notify_fifo.map(abs);
         Ok(Settings {
+            notify_fifo,
+            hooks,
+            max_lag,
             node_id,
             api_listen,
             gossip_listen,

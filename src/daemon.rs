@@ -14,6 +14,7 @@ use crate::config::{ApiTls, GossipTls, HaproxyMode, Settings};
 use crate::haproxy::apply::{Applier, ApplyTiming};
 use crate::haproxy::process::{Haproxy, Mode};
 use crate::haproxy::render::RenderSettings;
+use crate::keepalived::{self, Vrrp};
 use crate::mesh::quic::QuicTransport;
 use crate::mesh::transport::{Transport, UdpTransport};
 use crate::mesh::{Mesh, MeshSettings};
@@ -139,6 +140,14 @@ pub async fn run(
     let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
 
     let api_addr = api_listener.local_addr()?;
+    let (vrrp, vrrp_rx) = Vrrp::new(settings.hooks.clone());
+    let fifo = settings.notify_fifo.clone().map(|path| {
+        tokio::spawn(keepalived::read_fifo(
+            path,
+            vrrp.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
     let scheme = if settings.tls.is_some() {
         "https"
     } else {
@@ -185,6 +194,8 @@ pub async fn run(
             deleted_key_grace: Duration::from_secs(3600),
             api_url: format!("{scheme}://{api_addr}"),
             identities: quic.as_ref().map(QuicTransport::identities),
+            vrrp: vrrp_rx,
+            metrics: Some(metrics.clone()),
         },
         gossip_transport,
         shared.clone(),
@@ -222,6 +233,9 @@ pub async fn run(
         max_wait: settings.max_wait,
         started,
         mesh: Some(mesh.status()),
+        vrrp: Some(vrrp),
+        max_lag: settings.max_lag,
+        lag_since: Arc::default(),
     };
     let server = tokio::spawn(api::serve(
         api_listener,
@@ -244,6 +258,9 @@ pub async fn run(
     let _ = server.await;
     let _ = applier.await;
     let _ = maintenance.await;
+    if let Some(f) = fifo {
+        let _ = f.await;
+    }
     mesh.stop().await;
     let _ = haproxy_stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(10), supervisor)

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod haproxy;
+pub mod keepalived;
 pub mod mesh;
 pub mod metrics;
 pub mod phone_home;

@@ -21,16 +21,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Serve(args) => cli::serve(*args).await,
-            Cmd::Status(args) => cli::status(args).await,
-            Cmd::Ca(cmd) => cli::ca(cmd),
-            Cmd::PhoneHome(args) => cli::phone_home(*args).await,
+            Cmd::Serve(args) => ok(cli::serve(*args).await),
+            Cmd::Status(args) => ok(cli::status(args).await),
+            Cmd::Ca(cmd) => ok(cli::ca(cmd)),
+            // The check's exit code is its answer to keepalived.
+            Cmd::Keepalived(cmd) => cli::keepalived(cmd).await,
+            Cmd::PhoneHome(args) => ok(cli::phone_home(*args).await),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("lbmesh: {e:#}");
             std::process::ExitCode::FAILURE

@@ -36,6 +36,13 @@ pub struct Metrics {
     pub quarantined: Gauge,
     pub haproxy_up: Gauge,
     pub haproxy_restarts: Gauge,
+    pub vrrp_masters: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Default for Metrics {
@@ -101,7 +108,14 @@ impl Metrics {
             "Times the supervised HAProxy died and was restarted",
             haproxy_restarts.clone(),
         );
+        let vrrp_masters = Gauge::default();
+        registry.register(
+            "vrrp_masters",
+            "Live peers reporting VRRP MASTER for one instance (more than 1 is split brain)",
+            vrrp_masters.clone(),
+        );
         Self {
+            vrrp_masters,
             registry,
             requests,
             frontends,

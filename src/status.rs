@@ -14,12 +14,25 @@ pub struct NodeStatus {
     pub registry: RegistryStatus,
     pub haproxy: HaproxyStatus,
     pub storage_ok: bool,
+    #[serde(default)]
+    pub vrrp: VrrpStatus,
     /// Every peer this one knows of, itself included.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
     /// Whether every live peer reports the same registry and config digests.
     #[serde(default)]
     pub converged: bool,
+}
+
+/// Who holds the floating IP, as keepalived reports it through the mesh.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    /// This peer's state and instance, e.g. `MASTER VI_LBMESH`.
+    pub state: Option<String>,
+    /// Live peers reporting MASTER.
+    pub masters: Vec<String>,
+    /// More than one live MASTER.
+    pub split_brain: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,13 +26,14 @@ pub use server::{serve, tls_acceptor};
 use self::input::{BodyFormat, WaitQuery, body_format, hook_command, parse_fields, wait_query};
 use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::process::{Haproxy, health_probe};
+use crate::keepalived::{Notification, Vrrp};
 use crate::metrics::Metrics;
 use crate::registry::types::{parse_port, parse_server_ip};
 use crate::registry::{Change, Command, Key, Outcome, RegistryView, ServiceName};
 use crate::secret::Token;
 use crate::shared::SharedRegistry;
 use crate::status::{
-    ApplyReportOut, HaproxyStatus, NodeStatus, PeerStatus, RegistryStatus, rfc3339,
+    ApplyReportOut, HaproxyStatus, NodeStatus, PeerStatus, RegistryStatus, VrrpStatus, rfc3339,
 };
 
 /// Supplies the mesh part of the status (peers, convergence); the single-peer
@@ -53,6 +54,11 @@ pub struct ApiState {
     pub max_wait: Duration,
     pub started: Instant,
     pub mesh: Option<Arc<dyn MeshStatus>>,
+    pub vrrp: Option<Vrrp>,
+    /// How long this peer's config may differ from the mesh majority.
+    pub max_lag: Duration,
+    /// Since when it has differed, if it does.
+    pub lag_since: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// Builds the router.
@@ -68,6 +74,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/status", get(status))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/vrrp", post(report_vrrp))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -415,6 +422,7 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
     let node_id = st.registry.with(|r| r.node().to_string());
     let peers = st.mesh.as_ref().map(|m| m.peers()).unwrap_or_default();
     let live: Vec<&PeerStatus> = peers.iter().filter(|p| p.live).collect();
+    let masters = crate::mesh::vrrp_masters(&peers);
     let converged = live.windows(2).all(|w| {
         w[0].registry_digest == w[1].registry_digest && w[0].config_digest == w[1].config_digest
     });
@@ -448,6 +456,15 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
             runtime_updates: apply.runtime_updates,
         },
         storage_ok: !st.registry.store().is_failed(),
+        vrrp: VrrpStatus {
+            state: st
+                .vrrp
+                .as_ref()
+                .and_then(Vrrp::current)
+                .map(|n| format!("{} {}", n.state, n.name)),
+            split_brain: masters.len() > 1,
+            masters,
+        },
         peers,
         converged,
     }
@@ -458,6 +475,80 @@ async fn status(State(st): State<ApiState>, headers: HeaderMap) -> Response {
         return e.into_response();
     }
     Json(node_status(&st).await).into_response()
+}
+
+/// keepalived's notify hook (`lbmesh keepalived notify`) reports this peer's VRRP state.
+async fn report_vrrp(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = (|| -> Result<Notification, ApiError> {
+        authorize(&st, &headers)?;
+        let body = body_bytes(&st, body)?;
+        let raw: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+        let field = |k: &str| raw.get(k).and_then(|v| v.as_str());
+        let priority = raw
+            .get("priority")
+            .filter(|p| !p.is_null())
+            .map(|p| p.to_string().trim_matches('"').to_owned());
+        Notification::new(
+            field("kind").unwrap_or("INSTANCE"),
+            field("name").ok_or_else(|| ApiError::BadRequest("name is required".into()))?,
+            field("state").ok_or_else(|| ApiError::BadRequest("state is required".into()))?,
+            priority.as_deref(),
+        )
+        .map_err(ApiError::BadRequest)
+    })();
+    match (result, &st.vrrp) {
+        (Ok(n), Some(v)) => {
+            v.report(n.clone());
+            st.metrics.request("vrrp", "ok");
+            Json(n).into_response()
+        }
+        (Ok(_), None) => ApiError::NotFound("VRRP reporting is not enabled".into()).into_response(),
+        (Err(e), _) => {
+            st.metrics.request("vrrp", e.code());
+            e.into_response()
+        }
+    }
+}
+
+/// Whether this peer's HAProxy config has differed from what most live peers
+/// serve for longer than `max_lag`; the reason if so.
+fn mesh_lag(st: &ApiState, apply: &ApplyStatus) -> Option<String> {
+    let peers = st.mesh.as_ref()?.peers();
+    let mine = apply.config_digest.clone()?;
+    let live: Vec<&str> = peers
+        .iter()
+        .filter(|p| p.live)
+        .filter_map(|p| p.config_digest.as_deref())
+        .collect();
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for d in &live {
+        *counts.entry(d).or_default() += 1;
+    }
+    let majority = counts
+        .iter()
+        .find(|(_, n)| **n * 2 > live.len())
+        .map(|(d, _)| (*d).to_owned());
+    let mut since = st.lag_since.lock().unwrap_or_else(|p| p.into_inner());
+    match majority {
+        Some(m) if m != mine => {
+            let start = *since.get_or_insert_with(Instant::now);
+            (start.elapsed() > st.max_lag).then(|| {
+                format!(
+                    "this peer's HAProxy config ({mine}) has differed from what most live peers serve ({m}) for {} s",
+                    start.elapsed().as_secs()
+                )
+            })
+        }
+        _ => {
+            *since = None;
+            None
+        }
+    }
 }
 
 /// The address the caller connects from: lets a phone-home client learn its
@@ -496,6 +587,9 @@ async fn healthz(State(st): State<ApiState>) -> Response {
                 problems.push("HAProxy does not run the config the registry asks for yet".into())
             }
         }
+    }
+    if let Some(lag) = mesh_lag(&st, &apply) {
+        problems.push(lag);
     }
     let quarantined: Vec<u16> = apply.quarantined.keys().copied().collect();
     if problems.is_empty() {

@@ -160,6 +160,8 @@ impl Cluster {
                 deleted_key_grace: Duration::from_secs(3600),
                 api_url: format!("http://{}", node.addr),
                 identities: None,
+                vrrp: watch::channel(None).1,
+                metrics: None,
             },
             &net,
             shared.clone(),

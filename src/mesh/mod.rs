@@ -57,13 +57,15 @@ pub struct MeshSettings {
     /// Who authenticated peer addresses are (QUIC transport); a peer whose
     /// certificate names another node than the one it gossips as is refused.
     pub identities: Option<Arc<quic::Identities>>,
+    /// This peer's VRRP state to publish (from keepalived).
+    pub vrrp: watch::Receiver<Option<String>>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A running mesh membership.
 pub struct Mesh {
     handle: Arc<ChitchatHandle>,
     peers: Arc<ArcSwap<Vec<PeerStatus>>>,
-    vrrp: watch::Sender<Option<String>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -131,24 +133,31 @@ impl Mesh {
             "joined the mesh"
         );
         let peers = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        let (vrrp, vrrp_rx) = watch::channel(None);
         let tasks = vec![
             tokio::spawn(publish(handle.clone(), inbox, shutdown.clone())),
             tokio::spawn(sync(
-                chitchat.clone(),
-                id.clone(),
-                settings.identities.clone(),
-                registry.clone(),
-                wake,
-                peers.clone(),
+                Sync {
+                    chitchat: chitchat.clone(),
+                    me: id.clone(),
+                    identities: settings.identities.clone(),
+                    registry: registry.clone(),
+                    wake,
+                    peers: peers.clone(),
+                    metrics: settings.metrics.clone(),
+                },
                 shutdown.clone(),
             )),
-            tokio::spawn(announce(chitchat, registry, apply, vrrp_rx, shutdown)),
+            tokio::spawn(announce(
+                chitchat,
+                registry,
+                apply,
+                settings.vrrp.clone(),
+                shutdown,
+            )),
         ];
         Ok(Mesh {
             handle,
             peers,
-            vrrp,
             tasks,
         })
     }
@@ -161,11 +170,6 @@ impl Mesh {
     /// The gossip state, for inspection in tests and simulations.
     pub fn chitchat(&self) -> Arc<Mutex<chitchat::Chitchat>> {
         self.handle.chitchat()
-    }
-
-    /// Publishes this peer's VRRP state (from keepalived's notify hook).
-    pub fn set_vrrp_state(&self, state: Option<String>) {
-        self.vrrp.send_replace(state);
     }
 
     /// Leaves the mesh once the tasks have seen the shutdown signal.
@@ -234,16 +238,29 @@ struct Seen {
 }
 
 /// Merges other peers' key spaces into the registry, and refreshes the peer list.
-async fn sync(
+/// What the sync task works with.
+struct Sync {
     chitchat: Arc<Mutex<chitchat::Chitchat>>,
     me: ChitchatId,
     identities: Option<Arc<quic::Identities>>,
     registry: Arc<SharedRegistry>,
     wake: Arc<Notify>,
     peers: Arc<ArcSwap<Vec<PeerStatus>>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
+    let Sync {
+        chitchat,
+        me,
+        identities,
+        registry,
+        wake,
+        peers,
+        metrics,
+    } = task;
     let mut seen: HashMap<ChitchatId, Seen> = HashMap::new();
+    let mut split_brain = false;
     let mut bad_nodes: HashSet<ChitchatId> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,6 +374,18 @@ async fn sync(
                 .collect();
             peer_statuses(&trusted, &live)
         };
+        let masters = vrrp_masters(&statuses);
+        if let Some(m) = &metrics {
+            m.vrrp_masters.set(masters.len() as i64);
+        }
+        if (masters.len() > 1) != split_brain {
+            split_brain = masters.len() > 1;
+            if split_brain {
+                tracing::error!(masters = ?masters, "two or more live peers hold the VIP (VRRP MASTER): split brain");
+            } else {
+                tracing::info!("split brain over: at most one VRRP MASTER");
+            }
+        }
         peers.store(Arc::new(statuses));
         if !changes.is_empty() {
             let now = registry.now_ms();
@@ -372,6 +401,26 @@ async fn sync(
             }
         }
     }
+}
+
+/// Live peers that report VRRP MASTER, for the instance with the most of them.
+pub fn vrrp_masters(peers: &[PeerStatus]) -> Vec<String> {
+    let mut by_instance: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for p in peers.iter().filter(|p| p.live) {
+        if let Some(v) = &p.vrrp_state {
+            let mut words = v.split(' ');
+            if words.next() == Some("MASTER") {
+                by_instance
+                    .entry(words.next().unwrap_or(""))
+                    .or_default()
+                    .push(p.node_id.clone());
+            }
+        }
+    }
+    by_instance
+        .into_values()
+        .max_by_key(Vec::len)
+        .unwrap_or_default()
 }
 
 /// A display-safe copy of a value another peer published about itself.
