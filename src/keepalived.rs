@@ -320,6 +320,15 @@ impl KeepalivedParams {
         if !self.unicast_peers.is_empty() && self.unicast_src.is_none() {
             return Err("unicast peers need --unicast-src (this peer's address)".into());
         }
+        if let Some(src) = self.unicast_src {
+            // Alone, keepalived would make itself MASTER: a split brain.
+            if !self.unicast_peers.iter().any(|p| *p != src) {
+                return Err(
+                    "unicast VRRP needs at least one other peer (--peer, or a mesh that sees them)"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -1,0 +1,623 @@
+//! A lab of network namespaces on one bridge: load-balancer VMs running
+//! lbmesh, HAProxy and keepalived; "Kubernetes nodes" with a TCP server on a
+//! NodePort; a client. Addresses come from 198.18.0.0/15 and no traffic
+//! leaves the namespaces. Everything is torn down when the lab is dropped,
+//! also when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const VIP: &str = "198.18.0.100";
+pub const NODEPORT: u16 = 30443;
+pub const TOKEN: &str = "lab-token-0123456789abcdef0123456789";
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) -> String {
+    run(Command::new("ip").args(args))
+}
+
+pub fn require_root() {
+    let uid = run(Command::new("id").arg("-u"));
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "network-namespace tests need root (scripts/test runs them as root)"
+    );
+}
+
+pub struct LbVm {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    pub dir: PathBuf,
+    pub lbmesh: Option<Child>,
+    pub keepalived: Option<Child>,
+}
+
+impl LbVm {
+    pub fn api(&self) -> String {
+        format!("http://{}:9000", self.ip)
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub lbs: Vec<LbVm>,
+    pub nodes: Vec<(String, String)>,
+    pub client: String,
+    switch: String,
+    namespaces: Vec<String>,
+    node_servers: Vec<Child>,
+}
+
+impl Lab {
+    /// `lbs` load-balancer VMs and `nodes` Kubernetes nodes, all running.
+    pub fn start(bin: &Path, lbs: usize, nodes: usize) -> Lab {
+        require_root();
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("lm{}x{n}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            switch: format!("{prefix}sw"),
+            client: format!("{prefix}cl"),
+            prefix,
+            dir: tempfile::tempdir().unwrap(),
+            bin: bin.to_owned(),
+            lbs: Vec::new(),
+            nodes: Vec::new(),
+            namespaces: Vec::new(),
+            node_servers: Vec::new(),
+        };
+        lab.add_ns(&lab.switch.clone());
+        ip(&["-n", &lab.switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lab.switch, "link", "set", "br0", "up"]);
+        lab.host(&lab.client.clone(), "198.18.0.31", 99);
+        for i in 1..=nodes {
+            let ns = format!("{}k{i}", lab.prefix);
+            let addr = format!("198.18.0.{}", 20 + i);
+            lab.host(&ns, &addr, 50 + i);
+            lab.nodes.push((ns, addr));
+        }
+        std::fs::write(lab.dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let ca = lab.dir.path().join("ca");
+        run(Command::new(&lab.bin)
+            .args(["ca", "init", "--dir"])
+            .arg(&ca));
+        for i in 1..=lbs {
+            let ns = format!("{}lb{i}", lab.prefix);
+            let addr = format!("198.18.0.{}", 10 + i);
+            lab.host(&ns, &addr, i);
+            let name = format!("lb{i}");
+            run(Command::new(&lab.bin)
+                .args(["ca", "issue", "--node-id", &name, "--dir"])
+                .arg(&ca));
+            let dir = lab.dir.path().join(&name);
+            std::fs::create_dir_all(&dir).unwrap();
+            lab.lbs.push(LbVm {
+                name,
+                ns,
+                ip: addr,
+                dir,
+                lbmesh: None,
+                keepalived: None,
+            });
+        }
+        for i in 0..nodes {
+            lab.start_node_server(i);
+        }
+        for i in 0..lbs {
+            lab.start_lbmesh(i);
+        }
+        for i in 0..lbs {
+            lab.wait_healthy(i, Duration::from_secs(30));
+        }
+        for i in 0..lbs {
+            lab.wait_mesh(i, Duration::from_secs(30));
+        }
+        for i in 0..lbs {
+            lab.start_keepalived(i);
+        }
+        lab
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        ip(&["netns", "add", ns]);
+        self.namespaces.push(ns.to_owned());
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    /// A namespace with eth0 on the bridge at `addr`/24.
+    fn host(&mut self, ns: &str, addr: &str, idx: usize) {
+        self.add_ns(ns);
+        let (a, b) = (
+            format!("{}{idx}a", self.prefix),
+            format!("{}{idx}b", self.prefix),
+        );
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &self.switch]);
+        ip(&["link", "set", &b, "netns", ns]);
+        ip(&["-n", &self.switch, "link", "set", &a, "master", "br0", "up"]);
+        ip(&["-n", ns, "link", "set", &b, "name", "eth0"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    }
+
+    /// A TCP server on the NodePort that greets with the node's name.
+    pub fn start_node_server(&mut self, i: usize) {
+        let (ns, _) = &self.nodes[i];
+        let script = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',{NODEPORT}))\ns.listen(128)\n\
+             while True:\n  c,_=s.accept()\n  c.sendall(b'node-k{}\\n')\n  c.close()\n",
+            i + 1
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.node_servers.push(child);
+    }
+
+    fn lbmesh_config(&self, i: usize) -> PathBuf {
+        let lb = &self.lbs[i];
+        let ca = self.dir.path().join("ca");
+        let seeds: Vec<String> = self
+            .lbs
+            .iter()
+            .map(|l| format!("\"{}:7946\"", l.ip))
+            .collect();
+        // HAProxy through a wrapper, so a test can make it fail for good.
+        let wrapper = lb.dir.join("haproxy");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n[ -e {} ] && exit 1\nexec haproxy \"$@\"\n",
+                lb.dir.join("haproxy-broken").display()
+            ),
+        )
+        .unwrap();
+        run(Command::new("chmod").arg("755").arg(&wrapper));
+        let cfg = lb.dir.join("lbmesh.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "node-id = \"{name}\"\napi-listen = \"{ip}:9000\"\ngossip-listen = \"{ip}:7946\"\n\
+                 seeds = [{seeds}]\ndata-dir = \"{data}\"\ntoken-file = \"{token}\"\nbind-address = \"0.0.0.0\"\n\
+                 [haproxy]\nbinary = \"{wrapper}\"\ncheck-interval = \"300ms\"\ncheck-fall = 2\ncheck-rise = 1\n\
+                 min-reload-interval = \"100ms\"\nhard-stop-after = \"5s\"\n\
+                 [mesh]\nca-cert = \"{ca}/ca.crt\"\ncert = \"{ca}/{name}.crt\"\nkey = \"{ca}/{name}.key\"\n\
+                 gossip-interval = \"100ms\"\n\
+                 [keepalived]\nmax-lag = \"5s\"\n",
+                name = lb.name,
+                ip = lb.ip,
+                seeds = seeds.join(", "),
+                data = lb.dir.join("data").display(),
+                token = self.dir.path().join("token").display(),
+                wrapper = wrapper.display(),
+                ca = ca.display(),
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    pub fn start_lbmesh(&mut self, i: usize) {
+        let cfg = self.lbmesh_config(i);
+        let lb = &mut self.lbs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(lb.dir.join("lbmesh.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lb.ns])
+            .arg(&self.bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("LBMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        lb.lbmesh = Some(child);
+    }
+
+    pub fn start_keepalived(&mut self, i: usize) {
+        let lb = &self.lbs[i];
+        // Unicast VRRP, the peers taken from the running mesh.
+        let conf = run(Command::new("ip")
+            .args(["netns", "exec", &lb.ns])
+            .arg(&self.bin)
+            .args([
+                "keepalived",
+                "config",
+                "--vip",
+                &format!("{VIP}/24"),
+                "--interface",
+                "eth0",
+                "--priority",
+                &(200 - 10 * i).to_string(),
+                "--unicast-src",
+                &lb.ip,
+                "--api",
+                &lb.api(),
+                "--token-file",
+                &self.dir.path().join("token").to_string_lossy(),
+            ]));
+        assert!(conf.contains("unicast_peer"), "{conf}");
+        let path = lb.dir.join("keepalived.conf");
+        std::fs::write(&path, conf).unwrap();
+        let pid = |n: &str| lb.dir.join(format!("keepalived-{n}.pid"));
+        let log = std::fs::File::create(lb.dir.join("keepalived.log")).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lb.ns,
+                "keepalived",
+                "-n",
+                "-l",
+                "-D",
+                "-G",
+                "-P",
+                "-f",
+            ])
+            .arg(&path)
+            .arg("-p")
+            .arg(pid("main"))
+            .arg("-r")
+            .arg(pid("vrrp"))
+            .arg("-c")
+            .arg(pid("checkers"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.lbs[i].keepalived = Some(child);
+    }
+
+    /// GET on a peer's API from inside its namespace; (status, body).
+    pub fn api_get(&self, i: usize, path: &str) -> (u16, serde_json::Value) {
+        let lb = &self.lbs[i];
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lb.ns,
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+            ])
+            .arg(format!("X-Funkypenguin-Token: {TOKEN}"))
+            .arg(format!("{}{path}", lb.api()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or_default(),
+        )
+    }
+
+    pub fn wait_healthy(&self, i: usize, within: Duration) {
+        let start = Instant::now();
+        while self.api_get(i, "/healthz").0 != 200 {
+            assert!(
+                start.elapsed() < within,
+                "{} not healthy; log:\n{}",
+                self.lbs[i].name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        let lb = &self.lbs[i];
+        format!(
+            "{}\n--- keepalived ---\n{}",
+            std::fs::read_to_string(lb.dir.join("lbmesh.log")).unwrap_or_default(),
+            std::fs::read_to_string(lb.dir.join("keepalived.log")).unwrap_or_default()
+        )
+    }
+
+    /// Which load balancer holds the VIP now, if exactly one does.
+    pub fn vip_holder(&self) -> Option<usize> {
+        let holders: Vec<usize> = (0..self.lbs.len())
+            .filter(|i| {
+                let out = Command::new("ip")
+                    .args(["-n", &self.lbs[*i].ns, "-br", "addr", "show", "dev", "eth0"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                out.split_whitespace().any(|w| w == format!("{VIP}/24"))
+            })
+            .collect();
+        (holders.len() == 1).then(|| holders[0])
+    }
+
+    pub fn wait_vip_holder(&self, within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(h) = self.vip_holder() {
+                return h;
+            }
+            assert!(
+                start.elapsed() < within,
+                "no single VIP holder within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The original phone-home curl, from Kubernetes node `node`, to peer `lb`.
+    pub fn phone_home(
+        &self,
+        node: usize,
+        lb: usize,
+        frontend: u16,
+        dst_ip: &str,
+    ) -> serde_json::Value {
+        let (ns, _) = &self.nodes[node];
+        let body = format!(
+            "{{\"dst-ip\":\"{dst_ip}\",\"frontend-port\":\"{frontend}\",\"backend-port\":\"{NODEPORT}\",\"action\":\"add\",\"name\":\"traefik\",\"send-proxy\":\"\"}}"
+        );
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "-H",
+            "Content-Type:application/json",
+            "-H",
+            &format!("X-Funkypenguin-Token:{TOKEN}"),
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &format!("{}/hooks/update-haproxy?wait=applied", self.lbs[lb].api()),
+        ]));
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("not JSON: {out}"))
+    }
+
+    /// One client connection to VIP:`port`; the greeting, or None.
+    pub fn client_greeting(&self, port: u16) -> Option<String> {
+        let script = format!(
+            "import socket\ns=socket.create_connection(('{VIP}',{port}),timeout=1)\ns.settimeout(1)\nprint(s.recv(64).decode().strip())\n"
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "python3", "-c", &script])
+            .output()
+            .ok()?;
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    }
+
+    /// A client that connects to VIP:`port` every 20 ms from now on and
+    /// reports each attempt; read it with [`Prober::first_success_after`].
+    pub fn prober(&self, port: u16) -> Prober {
+        let script = format!(
+            "import socket,time,sys\n\
+             while True:\n\
+             \x20 t=time.time()\n\
+             \x20 try:\n\
+             \x20   s=socket.create_connection(('{VIP}',{port}),timeout=0.2)\n\
+             \x20   s.settimeout(0.2)\n\
+             \x20   d=s.recv(64)\n\
+             \x20   s.close()\n\
+             \x20   ok=len(d)>0\n\
+             \x20 except Exception:\n\
+             \x20   ok=False\n\
+             \x20 print(('ok' if ok else 'fail'), t, flush=True)\n\
+             \x20 time.sleep(0.02)\n"
+        );
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "python3",
+                "-u",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Prober { child, lines }
+    }
+
+    /// A hard crash of a load balancer: its link down, every process in it
+    /// killed. Returns the instant (Unix seconds) the link went down.
+    pub fn crash(&mut self, i: usize) -> f64 {
+        let lb = &mut self.lbs[i];
+        // The link first: from this instant the VM is gone for everyone.
+        ip(&["-n", &lb.ns, "link", "set", "eth0", "down"]);
+        let gone = now();
+        kill_namespace(&lb.ns);
+        for c in [lb.lbmesh.take(), lb.keepalived.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        gone
+    }
+
+    /// Brings a crashed load balancer back: link up, lbmesh, keepalived (once
+    /// the mesh sees every peer, so its VRRP peers are complete).
+    pub fn recover(&mut self, i: usize) {
+        ip(&["-n", &self.lbs[i].ns, "link", "set", "eth0", "up"]);
+        self.start_lbmesh(i);
+        self.wait_healthy(i, Duration::from_secs(30));
+        self.wait_mesh(i, Duration::from_secs(30));
+        self.start_keepalived(i);
+    }
+
+    /// Waits until peer `i` sees every load balancer live.
+    pub fn wait_mesh(&self, i: usize, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let (_, st) = self.api_get(i, "/v1/status");
+            let live = st["peers"]
+                .as_array()
+                .map(|p| p.iter().filter(|x| x["live"] == true).count())
+                .unwrap_or(0);
+            if live == self.lbs.len() {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} sees {live} live peers",
+                self.lbs[i].name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Processes inside namespace `ns` whose command line contains `needle`.
+    pub fn pids_matching(&self, ns: &str, needle: &str) -> Vec<u32> {
+        ns_pids(ns)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+fn ns_pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill_namespace(ns: &str) {
+    for _ in 0..5 {
+        let pids = ns_pids(ns);
+        if pids.is_empty() {
+            return;
+        }
+        for p in pids {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.lbs.len() {
+                eprintln!("==== {} ====\n{}", self.lbs[i].name, self.log(i));
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            kill_namespace(ns);
+        }
+        for lb in &mut self.lbs {
+            for c in [lb.lbmesh.take(), lb.keepalived.take()]
+                .into_iter()
+                .flatten()
+            {
+                let mut c = c;
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for c in &mut self.node_servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A running client that probes the VIP.
+pub struct Prober {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Prober {
+    /// Waits for the first successful connection that started after `t`
+    /// (Unix seconds); returns its start time.
+    pub fn first_success_after(&mut self, t: f64, within: Duration) -> Option<f64> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            let line = self.lines.next()?.ok()?;
+            let mut w = line.split_whitespace();
+            let (ok, at) = (w.next()? == "ok", w.next()?.parse::<f64>().ok()?);
+            if ok && at >= t {
+                return Some(at);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
