@@ -16,7 +16,7 @@ use crate::registry::{
     Change, Command, Limits, Origin, PeerId, PortPolicy, Registry, RegistryView,
 };
 use crate::shared::{SharedRegistry, SubmitError};
-use crate::store::{Store, next_generation};
+use crate::store::{MemoryDisk, Store, next_generation};
 
 /// How the in-process peers are set up.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct ClusterSettings {
     pub limits: Limits,
     /// Wall-clock start of every peer's clock (Unix ms).
     pub start_ms: u64,
+    /// Keep each peer's store in memory (deterministic, for simulations)
+    /// instead of a data directory under the cluster's base directory.
+    pub memory: bool,
 }
 
 impl Default for ClusterSettings {
@@ -36,6 +39,7 @@ impl Default for ClusterSettings {
                 ..Limits::default()
             },
             start_ms: 1_800_000_000_000,
+            memory: false,
         }
     }
 }
@@ -47,6 +51,10 @@ pub struct Node {
     pub dir: PathBuf,
     /// The peer's wall clock: it keeps running across restarts, like a VM's.
     pub clock: Arc<TokioClock>,
+    /// The peer's disk when stores are in memory.
+    pub disk: MemoryDisk,
+    /// The generation of the last start (memory stores keep none on disk).
+    last_generation: u64,
     registry: Option<Arc<SharedRegistry>>,
     mesh: Option<Mesh>,
     shutdown: Option<watch::Sender<bool>>,
@@ -124,6 +132,8 @@ impl Cluster {
             addr: node_addr(i),
             dir: self.base.join(format!("p{i}")),
             clock: Arc::new(TokioClock::new(self.settings.start_ms, skew_ms)),
+            disk: MemoryDisk::default(),
+            last_generation: 0,
             registry: None,
             mesh: None,
             shutdown: None,
@@ -138,9 +148,15 @@ impl Cluster {
         let net = self.net.clone();
         let node = &mut self.nodes[i];
         let clock: Arc<dyn Clock> = node.clock.clone();
-        let generation = next_generation(&node.dir_created()?, clock.now_ms())?;
+        let (generation, (store, recovered)) = if settings.memory {
+            let g = clock.now_ms().max(node.last_generation + 1);
+            (g, Store::memory(node.disk.clone()))
+        } else {
+            let g = next_generation(&node.dir_created()?, clock.now_ms())?;
+            (g, Store::open(&node.dir)?)
+        };
+        node.last_generation = generation;
         let origin = Origin::new(node.id.clone(), generation);
-        let (store, recovered) = Store::open(&node.dir)?;
         let registry = Registry::new(
             origin.clone(),
             settings.limits.clone(),
@@ -191,8 +207,23 @@ impl Cluster {
     pub async fn restart(&mut self, i: usize, wipe: bool) -> anyhow::Result<()> {
         self.kill(i).await;
         if wipe {
-            let _ = std::fs::remove_dir_all(&self.nodes[i].dir);
+            self.wipe(i);
         }
+        self.boot(i).await
+    }
+
+    /// Loses peer `i`'s data (its disk), as a replaced VM would.
+    pub fn wipe(&mut self, i: usize) {
+        let _ = std::fs::remove_dir_all(&self.nodes[i].dir);
+        self.nodes[i]
+            .disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Starts a stopped peer `i` (after [`Cluster::kill`]).
+    pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.boot(i).await
     }
 

@@ -194,6 +194,8 @@ async fn publish(
     let mut batch = Vec::new();
     loop {
         tokio::select! {
+            // Fixed branch order: seeded simulations replay exactly.
+            biased;
             n = inbox.recv_many(&mut batch, 4096) => if n == 0 { return },
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
@@ -266,6 +268,8 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Fixed branch order: seeded simulations replay exactly.
+            biased;
             () = wake.notified() => {}
             _ = tick.tick() => {}
             () = crate::shutdown::signalled(&mut shutdown) => return,
@@ -483,6 +487,8 @@ async fn announce(
     let mut digest = String::new();
     loop {
         tokio::select! {
+            // Fixed branch order: seeded simulations replay exactly.
+            biased;
             _ = tick.tick() => {}
             r = apply.changed() => if r.is_err() { return },
             r = vrrp.changed() => if r.is_err() { return },

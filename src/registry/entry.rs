@@ -17,8 +17,10 @@ use crate::clock::Stamp;
 pub struct Entry {
     /// When the accepting peer took the write (hybrid logical clock).
     pub stamp: Stamp,
-    /// The newest stamp for the same key the accepting peer knew of when it
-    /// took the write: what this write causally replaces.
+    /// For adds: the newest delete of the same key the accepting peer knew
+    /// of when it took the write. An add beats the deletes it has seen.
+    /// (Not the newest stamp of any kind: a stamp from a fast clock can
+    /// exceed a later delete's stamp without the add having seen it.)
     pub observed: Stamp,
     pub op: Op,
 }
@@ -70,6 +72,17 @@ where
     I: IntoIterator<Item = (&'a Origin, &'a Entry)>,
 {
     let entries: Vec<(&Origin, &Entry)> = entries.into_iter().collect();
+    #[cfg(feature = "fault-injection")]
+    if fault::ADDS_WIN.with(std::cell::Cell::get) {
+        // The bug: any add beats any delete, however old.
+        if let Some(a) = entries
+            .iter()
+            .filter(|(_, e)| !e.is_delete())
+            .max_by(|x, y| (x.1.stamp, x.0).cmp(&(y.1.stamp, y.0)))
+        {
+            return Some(*a);
+        }
+    }
     let newest = |want_delete: bool| {
         entries
             .iter()
@@ -94,6 +107,19 @@ where
                 Some(d)
             }
         }
+    }
+}
+
+/// Deliberate bugs, compiled only with the `fault-injection` feature, so
+/// the simulations can show that they catch a wrong merge rule.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// When set on a thread, adds win over deletes whatever their stamps
+        /// (per thread, so parallel simulations do not see each other's bug).
+        pub static ADDS_WIN: Cell<bool> = const { Cell::new(false) };
     }
 }
 

@@ -161,6 +161,15 @@ impl KeyEntries {
             .max()
             .unwrap_or_default()
     }
+
+    fn newest_delete(&self) -> Stamp {
+        self.by_peer
+            .values()
+            .filter(|e| e.is_delete())
+            .map(|e| e.stamp)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// The registry state of one peer: its own entries and those gossiped from others.
@@ -265,11 +274,7 @@ impl Registry {
         if live.is_none() {
             self.check_room(key, now_ms)?;
         }
-        let observed = self
-            .keys
-            .get(&key)
-            .map(KeyEntries::newest_stamp)
-            .unwrap_or_default();
+        let observed = self.newest_delete(&key);
         let stamp = self.hlc.tick(now_ms);
         let (outcome, since_ms) = match &live {
             Some(Entry {
@@ -416,6 +421,22 @@ impl Registry {
             None => Ok(()),
             Some(why) => Err(RegistryError::Full(why)),
         }
+    }
+
+    /// The newest stamp this peer knows for `key`, from any origin.
+    pub fn newest_stamp(&self, key: &Key) -> Stamp {
+        self.keys
+            .get(key)
+            .map(KeyEntries::newest_stamp)
+            .unwrap_or_default()
+    }
+
+    /// The newest delete of `key` this peer knows, from any origin.
+    pub fn newest_delete(&self, key: &Key) -> Stamp {
+        self.keys
+            .get(key)
+            .map(KeyEntries::newest_delete)
+            .unwrap_or_default()
     }
 
     /// The name owning a frontend at `now_ms`: the oldest live claim.

@@ -355,3 +355,68 @@ proptest! {
         }
     }
 }
+
+/// Found by the simulations: an add's "observed" once meant the newest stamp
+/// of any kind, so a renewal whose peer had seen an earlier add from a fast
+/// clock counted as having seen a later delete, and resurrected the server.
+#[test]
+fn a_renewal_that_saw_only_adds_does_not_beat_a_later_delete() {
+    let limits = Limits::default;
+    let mut fast = Registry::new(
+        "fast".parse().unwrap(),
+        limits(),
+        PortPolicy::new(vec![], []),
+    );
+    let mut renew = Registry::new(
+        "renew".parse().unwrap(),
+        limits(),
+        PortPolicy::new(vec![], []),
+    );
+    let mut slow = Registry::new(
+        "slow".parse().unwrap(),
+        limits(),
+        PortPolicy::new(vec![], []),
+    );
+    let k = "203.0.113.7:30443";
+    // The first add, on a clock 300 ms fast, reaches the renewing peer but
+    // not yet the peer that will take the delete.
+    let first = fast.apply(add(443, k, "traefik"), T0 + 300).unwrap();
+    renew.merge_remote(
+        first.key,
+        "fast".parse().unwrap(),
+        Some(first.entry.clone()),
+        T0,
+    );
+    // Then, at the same real instant, a renewal and a delete at two peers.
+    let renewal = renew.apply(add(443, k, "traefik"), T0 + 100).unwrap();
+    let deleted = slow.apply(del(443, k, "traefik"), T0 + 50).unwrap();
+    assert!(
+        renewal.entry.observed < deleted.entry.stamp,
+        "the renewal saw no delete"
+    );
+    for r in [&mut fast, &mut renew, &mut slow] {
+        r.merge_remote(
+            renewal.key,
+            "renew".parse().unwrap(),
+            Some(renewal.entry.clone()),
+            T0 + 400,
+        );
+        r.merge_remote(
+            deleted.key,
+            "slow".parse().unwrap(),
+            Some(deleted.entry.clone()),
+            T0 + 400,
+        );
+        r.merge_remote(
+            first.key,
+            "fast".parse().unwrap(),
+            Some(first.entry.clone()),
+            T0 + 400,
+        );
+        assert!(
+            r.view(T0 + 400).frontends.is_empty(),
+            "{}: the delete must win",
+            r.node()
+        );
+    }
+}

@@ -215,7 +215,13 @@ pub struct Store {
     failed: Arc<AtomicBool>,
     wal_records: Arc<AtomicU64>,
     dir: PathBuf,
+    /// In-memory stores (simulations) keep records here and answer at once.
+    memory: Option<MemoryDisk>,
 }
+
+/// The "disk" of an in-memory store: survives a simulated restart of the
+/// peer that holds it, and is lost when the simulation wipes it.
+pub type MemoryDisk = Arc<std::sync::Mutex<std::collections::BTreeMap<Key, Entry>>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -271,14 +277,52 @@ impl Store {
                 failed,
                 wal_records,
                 dir: dir.to_owned(),
+                memory: None,
             },
             records,
         ))
     }
 
+    /// A store that keeps its records in `disk` and acknowledges at once,
+    /// with no thread and no I/O: deterministic, for simulations.
+    pub fn memory(disk: MemoryDisk) -> (Store, Vec<Record>) {
+        let records = disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, e)| Record {
+                key: *k,
+                entry: e.clone(),
+            })
+            .collect();
+        let (tx, _) = mpsc::unbounded_channel();
+        (
+            Store {
+                tx,
+                failed: Arc::default(),
+                wal_records: Arc::default(),
+                dir: PathBuf::from("(memory)"),
+                memory: Some(disk),
+            },
+            records,
+        )
+    }
+
+    fn done_now() -> Pending {
+        let (done, rx) = oneshot::channel();
+        let _ = done.send(Ok(()));
+        Pending(rx)
+    }
+
     /// Queues a record. Call it while holding the registry lock, so the log
     /// order is the order writes were accepted in; await the result after.
     pub fn append(&self, record: Record) -> Pending {
+        if let Some(disk) = &self.memory {
+            disk.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(record.key, record.entry);
+            return Self::done_now();
+        }
         let (done, rx) = oneshot::channel();
         if self.failed.load(Ordering::Relaxed) {
             let _ = done.send(Err("an earlier write failed".into()));
@@ -292,6 +336,11 @@ impl Store {
 
     /// Replaces everything on disk with `records` (what still matters).
     pub fn compact(&self, records: Vec<Record>) -> Pending {
+        if let Some(disk) = &self.memory {
+            *disk.lock().unwrap_or_else(|p| p.into_inner()) =
+                records.into_iter().map(|r| (r.key, r.entry)).collect();
+            return Self::done_now();
+        }
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Job::Compact(_, done))) =
             self.tx.send(Job::Compact(records, done))
