@@ -139,16 +139,28 @@ pub struct Vrrp {
     current: Arc<Mutex<Option<Notification>>>,
     published: watch::Sender<Option<String>>,
     hooks: Arc<Hooks>,
+    /// Hooks run one at a time, in the order of the transitions: a BACKUP
+    /// hook releasing an address must finish before the MASTER hook claims it.
+    queue: tokio::sync::mpsc::UnboundedSender<(String, Vec<String>, VrrpState, String)>,
 }
 
 impl Vrrp {
+    /// Call within a tokio runtime: hooks run on a task of their own.
     pub fn new(hooks: Hooks) -> (Vrrp, watch::Receiver<Option<String>>) {
         let (published, rx) = watch::channel(None);
+        let (queue, mut jobs) =
+            tokio::sync::mpsc::unbounded_channel::<(String, Vec<String>, VrrpState, String)>();
+        tokio::spawn(async move {
+            while let Some((program, args, state, name)) = jobs.recv().await {
+                run_hook(&program, &args, state, &name).await;
+            }
+        });
         (
             Vrrp {
                 current: Arc::default(),
                 published,
                 hooks: Arc::new(hooks),
+                queue,
             },
             rx,
         )
@@ -179,9 +191,9 @@ impl Vrrp {
                 VrrpState::Stop => return,
             };
             if let Some((program, args)) = hook.split_first() {
-                let (program, args, state) = (program.clone(), args.to_vec(), n.state);
-                let name = n.name.clone();
-                tokio::spawn(async move { run_hook(&program, &args, state, &name).await });
+                let _ = self
+                    .queue
+                    .send((program.clone(), args.to_vec(), n.state, n.name.clone()));
             }
         }
     }

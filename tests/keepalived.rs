@@ -208,3 +208,82 @@ fn the_generated_config_passes_keepalived_check() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--vip"));
 }
+
+#[test]
+fn the_keepalived_templates_in_deploy_pass_keepalived_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/keepalived"),
+    )
+    .unwrap()
+    {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "conf") {
+            // The templates name the installed binary; check them with this one.
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("/usr/local/bin/lbmesh", BIN);
+            let conf = dir.path().join("k.conf");
+            std::fs::write(&conf, text).unwrap();
+            let out = Command::new("keepalived")
+                .arg("-t")
+                .arg("-f")
+                .arg(&conf)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn hooks_run_on_vrrp_transitions_and_the_notify_fifo_is_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("transitions");
+    let fifo = dir.path().join("vrrp.fifo");
+    let hook = |state: &str| {
+        format!(
+            "[\"sh\", \"-c\", \"echo {state} $LBMESH_VRRP_INSTANCE >> {}\"]",
+            marks.display()
+        )
+    };
+    let toml = format!(
+        "{}\n[keepalived]\nnotify-fifo = \"{}\"\non-master = {}\non-backup = {}\n",
+        fast_toml("", ""),
+        fifo.display(),
+        hook("master"),
+        hook("backup")
+    );
+    let d = Daemon::start(DaemonOpts {
+        toml,
+        ..DaemonOpts::default()
+    });
+    eventually(Duration::from_secs(5), "the FIFO", || {
+        fifo.exists().then_some(())
+    });
+    // keepalived writes lines like these; several at once keep their order.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    use std::io::Write;
+    w.write_all(b"INSTANCE \"VI_1\" BACKUP 100\nINSTANCE \"VI_1\" MASTER 100\nINSTANCE \"VI_1\" MASTER 100\ngarbage line\n").unwrap();
+    drop(w);
+    eventually(Duration::from_secs(10), "both hooks to run", || {
+        let text = std::fs::read_to_string(&marks).ok()?;
+        (text.lines().count() == 2).then_some(text)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // One run per transition (the repeated MASTER runs nothing), in order.
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "backup VI_1\nmaster VI_1\n"
+    );
+    assert_eq!(d.status()["vrrp"]["state"], "MASTER VI_1");
+    assert!(d.log().contains("ignoring a notify FIFO line"));
+}
