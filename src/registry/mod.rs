@@ -142,10 +142,68 @@ pub struct Merge {
     pub affects_config: bool,
 }
 
+/// The entries of one key, one per origin, in origin order. A sorted Vec
+/// rather than a BTreeMap: most keys have one or two entries, and a BTreeMap
+/// node reserves room for eleven (about a kilobyte per server).
+#[derive(Debug, Clone, Default)]
+struct PeerEntries(Vec<(Origin, Entry)>);
+
+impl PeerEntries {
+    fn get(&self, origin: &Origin) -> Option<&Entry> {
+        self.0
+            .binary_search_by(|(o, _)| o.cmp(origin))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, origin: Origin, entry: Entry) {
+        match self.0.binary_search_by(|(o, _)| o.cmp(&origin)) {
+            Ok(i) => self.0[i].1 = entry,
+            Err(i) => self.0.insert(i, (origin, entry)),
+        }
+    }
+
+    fn remove(&mut self, origin: &Origin) {
+        if let Ok(i) = self.0.binary_search_by(|(o, _)| o.cmp(origin)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Origin, &Entry)> {
+        self.0.iter().map(|(o, e)| (o, e))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.0.iter().map(|(_, e)| e)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&Origin> for PeerEntries {
+    type Output = Entry;
+    fn index(&self, origin: &Origin) -> &Entry {
+        self.get(origin).expect("the winner is one of the entries")
+    }
+}
+
+impl<'a> IntoIterator for &'a PeerEntries {
+    type Item = (&'a Origin, &'a Entry);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Origin, Entry)>,
+        fn(&'a (Origin, Entry)) -> (&'a Origin, &'a Entry),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(o, e)| (o, e))
+    }
+}
+
 /// All entries known for one key, by the peer that wrote them, and the winner.
 #[derive(Debug, Clone, Default)]
 struct KeyEntries {
-    by_peer: BTreeMap<Origin, Entry>,
+    by_peer: PeerEntries,
     winner: Option<Origin>,
 }
 

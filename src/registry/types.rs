@@ -105,15 +105,15 @@ fn check_name(field: &'static str, raw: &str) -> Result<(), FieldError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $field:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $ty(String);
+        /// Shared (`Arc<str>`): the same name appears in many entries.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $ty(std::sync::Arc<str>);
 
         impl $ty {
             /// Validates `raw`, naming `field` in the error.
             pub fn parse_field(field: &'static str, raw: &str) -> Result<Self, FieldError> {
                 check_name(field, raw)?;
-                Ok(Self(raw.to_owned()))
+                Ok(Self(raw.into()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -130,6 +130,12 @@ macro_rules! name_type {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
