@@ -181,6 +181,21 @@ enum CallError {
     Request(String),
 }
 
+/// An error with its causes, e.g. a TLS failure under "error sending request".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// The peer's base URL (scheme, host, port) for `/v1/whoami`.
 fn base(url: &reqwest::Url) -> String {
     let mut b = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
@@ -230,14 +245,14 @@ impl Client {
                     .get(&url)
                     .send()
                     .await
-                    .map_err(|e| CallError::Peer(format!("{url}: {e}")))?;
+                    .map_err(|e| CallError::Peer(format!("{url}: {}", causes(&e))))?;
                 if !resp.status().is_success() {
                     return Err(CallError::Peer(format!("{url}: {}", resp.status())));
                 }
                 let v: serde_json::Value = resp
                     .json()
                     .await
-                    .map_err(|e| CallError::Peer(format!("{url}: {e}")))?;
+                    .map_err(|e| CallError::Peer(format!("{url}: {}", causes(&e))))?;
                 v["ip"].as_str().unwrap_or("").to_owned()
             }
         };
@@ -270,7 +285,7 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(|e| CallError::Peer(format!("{peer}: {e}")))?;
+            .map_err(|e| CallError::Peer(format!("{peer}: {}", causes(&e))))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {

@@ -9,10 +9,10 @@ use common::*;
 
 #[test]
 fn the_original_curl_works_over_https_with_a_given_certificate() {
+    let ip = test_ip();
     let certs = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), ip.clone()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
     let (cert_path, key_path) = (
         certs.path().join("fullchain.pem"),
@@ -29,6 +29,7 @@ fn the_original_curl_works_over_https_with_a_given_certificate() {
     let d = Daemon::start(DaemonOpts {
         toml,
         scheme: "https",
+        ip: ip.clone(),
         ..DaemonOpts::default()
     });
     let backend = Backend::start("secure");
@@ -135,9 +136,10 @@ fn external_mode_reloads_an_haproxy_it_does_not_own() {
     d.add("traefik", port, second.addr);
     assert_eq!(d.in_step()["haproxy"]["reloads"].as_u64().unwrap(), reloads);
     // lbmesh stopping leaves the service running.
+    let frontend = d.frontend(port);
     drop(d);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert!(greeting(format!("127.0.0.1:{port}").parse().unwrap()).is_some());
+    assert!(greeting(frontend).is_some());
 }
 
 #[test]
@@ -168,12 +170,13 @@ fn the_api_serves_https_with_a_self_signed_or_cluster_ca_certificate_clients_pin
         "an unpinned client must not trust a self-signed certificate"
     );
 
+    let ip2 = test_ip();
     // Issued from a cluster CA for the API's address.
     let ca = tempfile::tempdir().unwrap();
     sh(&format!("{BIN} ca init --dir {}", ca.path().display()), &[]);
     sh(
         &format!(
-            "{BIN} ca issue --dir {} --node-id lb1 --name 127.0.0.1 --name localhost",
+            "{BIN} ca issue --dir {} --node-id lb1 --name {ip2} --name localhost",
             ca.path().display()
         ),
         &[],
@@ -186,6 +189,7 @@ fn the_api_serves_https_with_a_self_signed_or_cluster_ca_certificate_clients_pin
             ca.path().join("lb1.key").display()
         ),
         scheme: "https",
+        ip: ip2.clone(),
         ..DaemonOpts::default()
     });
     let ok = sh(

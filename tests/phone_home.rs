@@ -46,6 +46,13 @@ impl PhoneHome {
     }
 }
 
+impl PhoneHome {
+    /// For a process that already exited.
+    fn terminate_quietly(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+}
+
 impl Drop for PhoneHome {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -221,4 +228,50 @@ fn the_original_alpine_curl_loop_works_against_every_peer() {
             assert_eq!(got, "looped");
         }
     }
+}
+
+#[test]
+fn https_peers_are_reached_with_a_pinned_ca_and_refused_without() {
+    let d = Daemon::start(DaemonOpts {
+        toml: format!("{}\n[api]\ntls-self-signed = true\n", fast_toml("", "")),
+        scheme: "https",
+        ..DaemonOpts::default()
+    });
+    let backend = Backend::start("tls");
+    let port = free_port("127.0.0.1");
+    let env = |ca: Option<&std::path::Path>| {
+        let mut e = vec![
+            ("WEBHOOK", hook(&d)),
+            ("WEBHOOK_TOKEN", d.token.clone()),
+            ("FRONTEND_PORT", port.to_string()),
+            ("BACKEND_PORT", backend.addr.port().to_string()),
+            ("NAME", "pinned".into()),
+            ("REPEAT_INTERVAL", "once".into()),
+            ("DST_IP", "127.0.0.1".into()),
+        ];
+        if let Some(ca) = ca {
+            e.push(("WEBHOOK_CA", ca.to_string_lossy().into_owned()));
+        }
+        e
+    };
+    // Without the pin, the self-signed certificate is not trusted.
+    let mut unpinned = PhoneHome::start(&env(None));
+    let status = unpinned.0.wait().unwrap();
+    assert!(!status.success(), "an unpinned client must not trust it");
+    assert!(
+        unpinned.log().to_lowercase().contains("certificate"),
+        "{}",
+        unpinned.log()
+    );
+    let _ = unpinned.terminate_quietly();
+    // Pinned: registered once, and the process exits 0.
+    let mut pinned = PhoneHome::start(&env(Some(&d.data_dir.join("tls/api.crt"))));
+    let status = pinned.0.wait().unwrap();
+    assert!(status.success(), "{}", pinned.log());
+    assert_eq!(
+        eventually(Duration::from_secs(10), "traffic", || greeting(
+            d.frontend(port)
+        )),
+        "tls"
+    );
 }

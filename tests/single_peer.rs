@@ -248,7 +248,7 @@ fn haproxy_killed_under_the_daemon_comes_back() {
 fn a_frontend_that_cannot_bind_is_quarantined_while_others_apply() {
     let d = Daemon::start(DaemonOpts::default());
     let a = Backend::start("ok");
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let squatter = std::net::TcpListener::bind((d.ip.as_str(), 0)).unwrap();
     let taken = squatter.local_addr().unwrap().port();
     let good = free_port("127.0.0.1");
     let (code, v) = d.hook(
@@ -355,4 +355,67 @@ fn metrics_and_status_report_what_happened() {
     );
     assert!(out.contains("frontends 1  servers 1"), "{out}");
     assert!(out.contains("in step"), "{out}");
+}
+
+#[test]
+fn a_config_haproxy_rejects_is_never_installed_and_the_last_good_one_keeps_serving() {
+    // An haproxy that rejects every config check while a flag file exists,
+    // as a newer HAProxy or a broken package might.
+    let tools = tempfile::tempdir().unwrap();
+    let flag = tools.path().join("reject");
+    let wrapper = tools.path().join("haproxy");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -c ] && [ -e {} ]; then echo '[ALERT] rejected by the test' >&2; exit 1; fi\nexec haproxy \"$@\"\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod 755 {}", wrapper.display()), &[]);
+    let d = Daemon::start(DaemonOpts {
+        toml: fast_toml("", &format!("binary = \"{}\"", wrapper.display())),
+        ..DaemonOpts::default()
+    });
+    let a = Backend::start("good");
+    let port = free_port("127.0.0.1");
+    d.add("traefik", port, a.addr);
+    let good = d.haproxy_config();
+    let metrics = |d: &Daemon| sh(&format!("curl -s {}", d.url("/metrics")), &[]);
+    assert!(metrics(&d).contains("lbmesh_validation_failures_total 0"));
+
+    std::fs::write(&flag, "").unwrap();
+    let other = free_port("127.0.0.1");
+    let (code, v) = d.hook(
+        &json!({"name":"late","frontend-port":other.to_string(),"backend-port":a.addr.port().to_string(),"dst-ip":"127.0.0.1","action":"add"}),
+        "?wait=applied&timeout=5",
+    );
+    assert_eq!(code, 200, "stored: {v}");
+    assert_eq!(v["applied"], false, "{v}");
+    // Nothing was installed; the old config still serves; the failure is reported.
+    assert_eq!(d.haproxy_config(), good);
+    assert_eq!(greeting(d.frontend(port)).as_deref(), Some("good"));
+    assert!(greeting(d.frontend(other)).is_none());
+    let st = d.status();
+    assert_eq!(st["haproxy"]["in_step"], false, "{st}");
+    assert!(
+        st["haproxy"]["last_apply"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("keeping the last good config"),
+        "{st}"
+    );
+    assert!(!metrics(&d).contains("lbmesh_validation_failures_total 0"));
+    eventually(
+        Duration::from_secs(15),
+        "the health check to report it",
+        || (d.get("/healthz").0 == 503).then_some(()),
+    );
+
+    // Once HAProxy accepts configs again, the pending change applies.
+    std::fs::remove_file(&flag).unwrap();
+    eventually(Duration::from_secs(15), "the frontend to be served", || {
+        greeting(d.frontend(other))
+    });
+    d.in_step();
 }

@@ -14,6 +14,22 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lbmesh");
 
+/// A loopback address of this test's own: tests run in parallel, and a
+/// port picked as free on a shared address can be taken by another test
+/// before its daemon binds it. The test process id and a counter make the
+/// address unique (127.64.0.0/10 is loopback too).
+pub fn test_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    format!(
+        "127.{}.{}.{}",
+        64 + ((pid >> 8) % 64),
+        pid % 256,
+        1 + n % 250
+    )
+}
+
 /// A port nobody listens on right now.
 pub fn free_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0))
@@ -84,7 +100,7 @@ pub struct DaemonOpts {
 impl Default for DaemonOpts {
     fn default() -> Self {
         Self {
-            ip: "127.0.0.1".into(),
+            ip: test_ip(),
             toml: String::new(),
             node_id: "lb1".into(),
             extra_args: Vec::new(),
@@ -572,7 +588,7 @@ pub fn mesh_of(n: usize, transport: &str) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let token: PathBuf = dir.path().join("token");
     std::fs::write(&token, "mesh-test-token-0123456789abcdef\n").unwrap();
-    let ips: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+    let ips: Vec<String> = (1..=n).map(|_| test_ip()).collect();
     let ports: Vec<u16> = ips.iter().map(|ip| free_udp_port(ip)).collect();
     let seeds: Vec<SocketAddr> = ips
         .iter()

@@ -549,7 +549,11 @@ fn kill_namespace(ns: &str) {
             return;
         }
         for p in pids {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            // A process may be gone already: that is the point.
+            let _ = Command::new("kill")
+                .args(["-9", &p.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
