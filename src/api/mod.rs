@@ -416,7 +416,9 @@ fn apply_in_step(st: &ApiState, apply: &ApplyStatus) -> bool {
 
 /// The status of this peer (and, in a mesh, of every peer it knows).
 pub async fn node_status(st: &ApiState) -> NodeStatus {
-    let view = st.registry.view();
+    let now = st.registry.now_ms();
+    let summary = st.registry.with(|r| r.summary(now));
+    let generation = st.registry.with(|r| r.generation());
     let apply = st.apply.borrow().clone();
     let running = st.haproxy.is_serving().await;
     let node_id = st.registry.with(|r| r.node().to_string());
@@ -431,11 +433,11 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: st.started.elapsed().as_secs(),
         registry: RegistryStatus {
-            digest: view.digest(),
-            generation: view.generation,
-            frontends: view.frontends.len(),
-            servers: view.server_count(),
-            conflicts: view.conflicts.len(),
+            digest: summary.digest,
+            generation,
+            frontends: summary.frontends,
+            servers: summary.servers,
+            conflicts: summary.conflicts,
         },
         haproxy: HaproxyStatus {
             mode: if st.haproxy.is_supervised() {

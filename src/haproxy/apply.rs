@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::process::{Haproxy, ProcessError, validate};
-use super::render::{RenderSettings, Rendered, render};
+use super::render::{RenderSettings, Rendered, digest_of, plan, render};
 use super::runtime;
 use crate::metrics::{ApplyLabels, Metrics, ResultLabels};
 use crate::registry::RegistryView;
@@ -245,7 +245,7 @@ impl Applier {
             }
         }
         let result = self.install_and_reload(&view, target, first).await;
-        let wanted = render(&view, &self.excluded(), &self.settings).digest;
+        let wanted = digest_of(&plan(&view, &self.excluded(), self.settings.min_slots));
         self.publish(&view, wanted, Method::Reload, result, started);
         view.next_expiry_ms
     }

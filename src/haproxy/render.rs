@@ -261,9 +261,7 @@ pub fn render_backends(
         rise = s.check_rise,
         health = s.health_socket.display(),
     );
-    let mut digest = Sha256::new();
     for (port, b) in &backends {
-        digest.update(format!("F{port}\n"));
         let _ = write!(
             t,
             "\n# owner: {owner}\n\
@@ -289,7 +287,6 @@ pub fn render_backends(
             };
             match slot {
                 Some(srv) => {
-                    digest.update(format!("S{i} {} {}\n", srv.addr, srv.send_proxy));
                     let _ = writeln!(
                         t,
                         "    server {} {} check{proxy}",
@@ -307,11 +304,26 @@ pub fn render_backends(
             }
         }
     }
+    let digest = digest_of(&backends);
     Rendered {
         text: t,
         backends,
-        digest: short_digest(digest),
+        digest,
     }
+}
+
+/// The digest of what is served (frontends and slots), without the text.
+pub fn digest_of(backends: &BTreeMap<u16, Backend>) -> String {
+    let mut digest = Sha256::new();
+    for (port, b) in backends {
+        digest.update(format!("F{port}\n"));
+        for (i, slot) in b.slots.iter().enumerate() {
+            if let Some(srv) = slot {
+                digest.update(format!("S{i} {} {}\n", srv.addr, srv.send_proxy));
+            }
+        }
+    }
+    short_digest(digest)
 }
 
 #[cfg(test)]

@@ -503,7 +503,8 @@ async fn announce(
         // Leases end without a new generation: recompute at least every second.
         if (generation, &config) != (last.0, &last.1) || last.2.elapsed() >= Duration::from_secs(1)
         {
-            digest = format!("{} {config}", registry.view().digest());
+            let now = registry.now_ms();
+            digest = format!("{} {config}", registry.with(|r| r.summary(now)).digest);
             last = (generation, config, tokio::time::Instant::now());
         }
         let vrrp_state = vrrp.borrow().clone();

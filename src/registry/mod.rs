@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use entry::{Entry, Op};
 pub use policy::{PolicyError, PortPolicy, PortRange};
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
-pub use view::{FrontendView, RegistryView, ServerView};
+pub use view::{FrontendView, RegistryView, ServerView, Summary};
 
 use crate::clock::{Hlc, Stamp};
 
@@ -159,7 +159,11 @@ impl PeerEntries {
     fn insert(&mut self, origin: Origin, entry: Entry) {
         match self.0.binary_search_by(|(o, _)| o.cmp(&origin)) {
             Ok(i) => self.0[i].1 = entry,
-            Err(i) => self.0.insert(i, (origin, entry)),
+            Err(i) => {
+                // Grow by one: a Vec's first growth reserves four slots.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (origin, entry));
+            }
         }
     }
 
@@ -647,6 +651,58 @@ impl Registry {
             self.set_entry(*k, p.clone(), None);
         }
         dead
+    }
+
+    /// The digest and counts of [`Registry::view`] at `now_ms`, without
+    /// building it: status and gossip ask often, and a view of 10,000
+    /// servers is a megabyte of short-lived allocations.
+    pub fn summary(&self, now_ms: u64) -> Summary {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let mut sum = Summary::default();
+        let mut live: Vec<(&SocketAddr, &ServiceName, bool, u64, u64)> = Vec::new();
+        let mut iter = self.keys.iter().peekable();
+        while let Some((first, _)) = iter.peek() {
+            let frontend = first.frontend;
+            live.clear();
+            while let Some((k, ke)) = iter.next_if(|(k, _)| k.frontend == frontend) {
+                if let Some(Entry {
+                    op:
+                        Op::Add {
+                            name,
+                            send_proxy,
+                            since_ms,
+                            expires_ms,
+                        },
+                    ..
+                }) = ke.winner()
+                {
+                    if *expires_ms > now_ms {
+                        live.push((&k.server, name, *send_proxy, *since_ms, *expires_ms));
+                    }
+                }
+            }
+            let Some(owner) = live
+                .iter()
+                .map(|(_, name, _, since, _)| (*since, *name))
+                .min()
+                .map(|(_, name)| name)
+            else {
+                continue;
+            };
+            sum.frontends += 1;
+            view::hash_frontend(&mut h, frontend, owner);
+            for (addr, name, proxy, _, expires) in &live {
+                if *name == owner {
+                    sum.servers += 1;
+                    view::hash_server(&mut h, addr, *proxy, *expires);
+                } else {
+                    sum.conflicts += 1;
+                }
+            }
+        }
+        sum.digest = view::short_digest(h);
+        sum
     }
 
     /// The registry as served at `now_ms`.

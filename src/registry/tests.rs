@@ -343,6 +343,11 @@ proptest! {
             }
             r.check_invariants().map_err(TestCaseError::fail)?;
             let v = r.view(now);
+            let s = r.summary(now);
+            prop_assert_eq!(&s.digest, &v.digest(), "the streaming digest equals the view's");
+            prop_assert_eq!(s.servers, v.server_count());
+            prop_assert_eq!(s.frontends, v.frontends.len());
+            prop_assert_eq!(s.conflicts, v.conflicts.len());
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
             for f in v.frontends.values() {

@@ -58,13 +58,32 @@ impl RegistryView {
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         for f in self.frontends.values() {
-            h.update(format!("F{} {}\n", f.port, f.owner));
+            hash_frontend(&mut h, f.port, &f.owner);
             for (addr, s) in &f.servers {
-                h.update(format!("S{} {} {}\n", addr, s.send_proxy, s.expires_ms));
+                hash_server(&mut h, addr, s.send_proxy, s.expires_ms);
             }
         }
         short_digest(h)
     }
+}
+
+/// The registry digest's record of a frontend; shared with the streaming
+/// summary so both give the same digest.
+pub(crate) fn hash_frontend(h: &mut Sha256, port: u16, owner: &ServiceName) {
+    h.update(format!("F{port} {owner}\n"));
+}
+
+pub(crate) fn hash_server(h: &mut Sha256, addr: &SocketAddr, send_proxy: bool, expires_ms: u64) {
+    h.update(format!("S{addr} {send_proxy} {expires_ms}\n"));
+}
+
+/// Digest and counts of the registry, computed without building a view.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub digest: String,
+    pub frontends: usize,
+    pub servers: usize,
+    pub conflicts: usize,
 }
 
 /// The first 16 hex characters of a SHA-256: plenty to tell states apart by eye.
