@@ -170,12 +170,7 @@ impl Ca {
                 .map_err(|e: rcgen::Error| e)?,
         ));
         for n in names {
-            match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
-                Err(_) => params
-                    .subject_alt_names
-                    .push(SanType::DnsName(n.clone().try_into()?)),
-            }
+            params.subject_alt_names.push(san(n)?);
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -188,6 +183,14 @@ impl Ca {
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// A subject alternative name: an IP address, or else a DNS name.
+fn san(name: &str) -> Result<SanType, rcgen::Error> {
+    Ok(match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(name.to_owned().try_into()?),
+    })
 }
 
 /// The node id a peer certificate names, if it names exactly one.
@@ -393,12 +396,7 @@ pub fn ensure_self_signed_api(
         .distinguished_name
         .push(DnType::CommonName, "lbmesh API");
     for n in names {
-        match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
-            Err(_) => params
-                .subject_alt_names
-                .push(SanType::DnsName(n.clone().try_into()?)),
-        }
+        params.subject_alt_names.push(san(n)?);
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = offset_now() - time::Duration::minutes(5);
