@@ -210,8 +210,20 @@ pub async fn run(
         )
     })?;
 
-    let tls = match &settings.tls {
-        Some(ApiTls::Files { cert, key }) => Some(api::tls_acceptor(cert, key)?),
+    let tls: Option<api::SharedTls> = match &settings.tls {
+        Some(ApiTls::Files { cert, key }) => {
+            let shared = Arc::new(arc_swap::ArcSwap::from_pointee(api::tls_acceptor(
+                cert, key,
+            )?));
+            tokio::spawn(api::reload_tls_on_change(
+                shared.clone(),
+                cert.clone(),
+                key.clone(),
+                Duration::from_secs(5),
+                shutdown_rx.clone(),
+            ));
+            Some(shared)
+        }
         Some(ApiTls::SelfSigned { dir, names }) => {
             let mut all = vec!["localhost".to_string(), settings.node_id.to_string()];
             if !api_addr.ip().is_unspecified() {
@@ -219,7 +231,9 @@ pub async fn run(
             }
             all.extend(names.iter().cloned());
             let (cert, key) = tls::ensure_self_signed_api(dir, &all)?;
-            Some(api::tls_acceptor(&cert, &key)?)
+            Some(Arc::new(arc_swap::ArcSwap::from_pointee(
+                api::tls_acceptor(&cert, &key)?,
+            )))
         }
         None => None,
     };

@@ -202,3 +202,64 @@ fn the_api_serves_https_with_a_self_signed_or_cluster_ca_certificate_clients_pin
     );
     assert_eq!(ok, "200");
 }
+
+#[test]
+fn a_renewed_api_certificate_is_served_without_a_restart() {
+    let ip = test_ip();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join("fullchain.pem"),
+        dir.path().join("privkey.pem"),
+    );
+    // Like certbot: a certificate from "CA" a, later replaced by one from b.
+    let issue = |ca: &str| {
+        let ca_dir = dir.path().join(ca);
+        sh(&format!("{BIN} ca init --dir {}", ca_dir.display()), &[]);
+        sh(
+            &format!(
+                "{BIN} ca issue --dir {} --node-id api --name {ip}",
+                ca_dir.display()
+            ),
+            &[],
+        );
+        ca_dir
+    };
+    let (a, b) = (issue("a"), issue("b"));
+    let install = |ca: &std::path::Path| {
+        for (from, to) in [("api.crt", &cert), ("api.key", &key)] {
+            let tmp = to.with_extension("tmp");
+            std::fs::copy(ca.join(from), &tmp).unwrap();
+            std::fs::rename(&tmp, to).unwrap();
+        }
+    };
+    install(&a);
+    let d = Daemon::start(DaemonOpts {
+        toml: format!(
+            "{}\n[api]\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            fast_toml("", ""),
+            cert.display(),
+            key.display()
+        ),
+        scheme: "https",
+        ip: ip.clone(),
+        ..DaemonOpts::default()
+    });
+    let trusted_by = |ca: &std::path::Path| {
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--cacert"])
+            .arg(ca.join("ca.crt"))
+            .arg(d.url("/healthz"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(trusted_by(&a) && !trusted_by(&b));
+    install(&b);
+    eventually(
+        Duration::from_secs(20),
+        "the renewed certificate to be served",
+        || trusted_by(&b).then_some(()),
+    );
+    assert!(!trusted_by(&a));
+    assert!(d.log().contains("loaded the renewed API certificate"));
+}

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use server::{serve, tls_acceptor};
+pub use server::{SharedTls, reload_tls_on_change, serve, tls_acceptor};
 
 use self::input::{BodyFormat, WaitQuery, body_format, hook_command, parse_fields, wait_query};
 use crate::haproxy::apply::ApplyStatus;

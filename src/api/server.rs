@@ -45,11 +45,49 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A TLS acceptor that can be replaced while serving (a renewed certificate).
+pub type SharedTls = Arc<arc_swap::ArcSwap<TlsAcceptor>>;
+
+/// Reloads the certificate and key when either file changes (certbot renews
+/// in place), checking every `every`; a bad new pair is logged and the
+/// current one kept.
+pub async fn reload_tls_on_change(
+    tls: SharedTls,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = (stamp(&cert), stamp(&key));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = crate::shutdown::signalled(&mut shutdown) => return,
+        }
+        let now = (stamp(&cert), stamp(&key));
+        if now == seen {
+            continue;
+        }
+        match tls_acceptor(&cert, &key) {
+            Ok(acceptor) => {
+                tls.store(Arc::new(acceptor));
+                seen = now;
+                tracing::info!(cert = %cert.display(), "loaded the renewed API certificate");
+            }
+            // Perhaps caught between writing the two files: try again next time.
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot load the changed API certificate; keeping the current one")
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` turns true, then lets requests
 /// in flight finish (up to 10 s).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<SharedTls>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -85,7 +123,7 @@ pub async fn serve(
                 });
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                let acceptor = acceptor.load_full();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
