@@ -51,6 +51,17 @@ pub struct LbVm {
 }
 
 impl LbVm {
+    /// Kills and waits for this VM's lbmesh and keepalived, if running.
+    fn reap(&mut self) {
+        for mut c in [self.lbmesh.take(), self.keepalived.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn api(&self) -> String {
         format!("http://{}:9000", self.ip)
     }
@@ -474,14 +485,7 @@ impl Lab {
         ip(&["-n", &lb.ns, "link", "set", "eth0", "down"]);
         let gone = now();
         kill_namespace(&lb.ns);
-        for c in [lb.lbmesh.take(), lb.keepalived.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        lb.reap();
         gone
     }
 
@@ -570,14 +574,7 @@ impl Drop for Lab {
             kill_namespace(ns);
         }
         for lb in &mut self.lbs {
-            for c in [lb.lbmesh.take(), lb.keepalived.take()]
-                .into_iter()
-                .flatten()
-            {
-                let mut c = c;
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            lb.reap();
         }
         for c in &mut self.node_servers {
             let _ = c.kill();
