@@ -1,0 +1,74 @@
+//! This peer's VRRP state as keepalived last reported it, published to the
+//! mesh; a new state runs its transition hook.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::{Hooks, Notification, VrrpState};
+
+/// This peer's VRRP state, as last reported, shared with the mesh.
+#[derive(Clone)]
+pub struct Vrrp {
+    current: Arc<Mutex<Option<Notification>>>,
+    published: watch::Sender<Option<String>>,
+    hooks: Arc<Hooks>,
+    /// Hooks run one at a time, in the order of the transitions: a BACKUP
+    /// hook releasing an address must finish before the MASTER hook claims it.
+    queue: tokio::sync::mpsc::UnboundedSender<(String, Vec<String>, VrrpState, String)>,
+}
+
+impl Vrrp {
+    /// Call within a tokio runtime: hooks run on a task of their own.
+    pub fn new(hooks: Hooks) -> (Vrrp, watch::Receiver<Option<String>>) {
+        let (published, rx) = watch::channel(None);
+        let (queue, mut jobs) =
+            tokio::sync::mpsc::unbounded_channel::<(String, Vec<String>, VrrpState, String)>();
+        tokio::spawn(async move {
+            while let Some((program, args, state, name)) = jobs.recv().await {
+                super::hooks::run_hook(&program, &args, state, &name).await;
+            }
+        });
+        (
+            Vrrp {
+                current: Arc::default(),
+                published,
+                hooks: Arc::new(hooks),
+                queue,
+            },
+            rx,
+        )
+    }
+
+    pub fn current(&self) -> Option<Notification> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a notification; runs the hook of a new state.
+    pub fn report(&self, n: Notification) {
+        let previous = {
+            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.replace(n.clone())
+        };
+        let changed = previous.as_ref().is_none_or(|p| p.state != n.state);
+        tracing::info!(instance = %n.name, state = %n.state, priority = ?n.priority, "VRRP state reported by keepalived");
+        self.published
+            .send_replace(Some(format!("{} {}", n.state, n.name)));
+        if changed {
+            let hook = match n.state {
+                VrrpState::Master => &self.hooks.on_master,
+                VrrpState::Backup => &self.hooks.on_backup,
+                VrrpState::Fault => &self.hooks.on_fault,
+                VrrpState::Stop => return,
+            };
+            if let Some((program, args)) = hook.split_first() {
+                let _ = self
+                    .queue
+                    .send((program.clone(), args.to_vec(), n.state, n.name.clone()));
+            }
+        }
+    }
+}
