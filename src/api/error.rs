@@ -1,6 +1,8 @@
 //! Every API error, and the one place that maps them to HTTP status and JSON.
 
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -101,4 +103,18 @@ impl IntoResponse for ApiError {
         };
         (self.status(), Json(body)).into_response()
     }
+}
+
+/// The request body, or the error that says why it could not be read.
+pub(super) fn body_bytes(
+    max_body_bytes: usize,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(max_body_bytes)
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {r}"))
+        }
+    })
 }

@@ -1,0 +1,85 @@
+//! `GET /v1/status`: this peer, and in a mesh every peer it knows, as one document.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiState;
+use super::auth::authorize;
+use crate::haproxy::apply::ApplyStatus;
+use crate::keepalived::Vrrp;
+use crate::status::{
+    ApplyReportOut, HaproxyStatus, NodeStatus, PeerStatus, RegistryStatus, VrrpStatus,
+};
+
+/// Whether HAProxy serves the latest registry change (not only the last one
+/// the applier picked up).
+fn apply_in_step(st: &ApiState, apply: &ApplyStatus) -> bool {
+    apply.in_step() && apply.config_generation >= st.registry.config_generation()
+}
+
+/// The status of this peer (and, in a mesh, of every peer it knows).
+pub async fn node_status(st: &ApiState) -> NodeStatus {
+    let now = st.registry.now_ms();
+    let summary = st.registry.with(|r| r.summary(now));
+    let generation = st.registry.with(|r| r.generation());
+    let apply = st.apply.borrow().clone();
+    let running = st.haproxy.is_serving().await;
+    let node_id = st.registry.with(|r| r.node().to_string());
+    let peers = st.mesh.as_ref().map(|m| m.peers()).unwrap_or_default();
+    let live: Vec<&PeerStatus> = peers.iter().filter(|p| p.live).collect();
+    let masters = crate::mesh::vrrp_masters(&peers);
+    let converged = live.windows(2).all(|w| {
+        w[0].registry_digest == w[1].registry_digest && w[0].config_digest == w[1].config_digest
+    });
+    NodeStatus {
+        node_id,
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: st.started.elapsed().as_secs(),
+        registry: RegistryStatus {
+            digest: summary.digest,
+            generation,
+            frontends: summary.frontends,
+            servers: summary.servers,
+            conflicts: summary.conflicts,
+        },
+        haproxy: HaproxyStatus {
+            mode: if st.haproxy.is_supervised() {
+                "supervised"
+            } else {
+                "external"
+            }
+            .into(),
+            running,
+            master_pid: st.haproxy.state().master_pid(),
+            restarts: st.haproxy.state().restarts(),
+            in_step: apply_in_step(st, &apply),
+            config_digest: apply.config_digest.clone(),
+            wanted_config_digest: apply.wanted_config_digest.clone(),
+            last_apply: apply.last.as_ref().map(ApplyReportOut::from),
+            quarantined: apply.quarantined.clone(),
+            reloads: apply.reloads,
+            runtime_updates: apply.runtime_updates,
+        },
+        storage_ok: !st.registry.store().is_failed(),
+        vrrp: VrrpStatus {
+            state: st
+                .vrrp
+                .as_ref()
+                .and_then(Vrrp::current)
+                .map(|n| format!("{} {}", n.state, n.name)),
+            split_brain: masters.len() > 1,
+            masters,
+        },
+        peers,
+        converged,
+    }
+}
+
+pub(super) async fn status(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    Json(node_status(&st).await).into_response()
+}

@@ -1,0 +1,97 @@
+//! The typed writes: `PUT` and `DELETE /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::ApiState;
+use super::auth::authorize;
+use super::error::{ApiError, body_bytes};
+use super::input::{BodyFormat, body_format, wait_query};
+use super::submit::{respond, submit};
+use crate::registry::types::{parse_port, parse_server_ip};
+use crate::registry::{Command, FieldError, Key, ServiceName};
+
+/// Body of `PUT /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    name: ServiceName,
+    #[serde(default)]
+    send_proxy: bool,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+fn path_key(frontend: &str, ip: &str, port: &str) -> Result<Key, ApiError> {
+    Ok(Key {
+        frontend: parse_port("frontend_port", frontend)?,
+        server: SocketAddr::new(parse_server_ip("ip", ip)?, parse_port("port", port)?),
+    })
+}
+
+pub(super) async fn register(
+    State(st): State<ApiState>,
+    Path((frontend, ip, port)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        authorize(&st, &headers)?;
+        let key = path_key(&frontend, &ip, &port)?;
+        let body = body_bytes(st.max_body_bytes, body)?;
+        if body_format(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )? != BodyFormat::Json
+        {
+            return Err(ApiError::UnsupportedMediaType(
+                "form (this endpoint takes JSON)".into(),
+            ));
+        }
+        let wait = wait_query(query.as_deref(), st.max_wait)?;
+        let b: RegisterBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+        let cmd = Command::Register {
+            key,
+            name: b.name,
+            send_proxy: b.send_proxy,
+            ttl: b.ttl_seconds.map(Duration::from_secs),
+        };
+        submit(&st, cmd, wait).await
+    }
+    .await;
+    respond(&st, "v1_register", result)
+}
+
+pub(super) async fn deregister(
+    State(st): State<ApiState>,
+    Path((frontend, ip, port)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authorize(&st, &headers)?;
+        let key = path_key(&frontend, &ip, &port)?;
+        let wait = wait_query(query.as_deref(), st.max_wait)?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
+        let name = pairs
+            .iter()
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| FieldError::new("name", "is required as a query parameter"))?;
+        let name = ServiceName::parse_field("name", name)?;
+        submit(&st, Command::Delete { key, name }, wait).await
+    }
+    .await;
+    respond(&st, "v1_delete", result)
+}
