@@ -6,14 +6,10 @@ use lbmesh::cli::{self, Cli, Cmd};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LBMESH_LOG")
-                .unwrap_or_else(|_| "info,quinn_udp=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = lbmesh::logging::init_from_env() {
+        eprintln!("lbmesh: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

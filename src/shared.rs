@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
+use crate::events::Events;
 use crate::registry::{Change, Command, Entry, Key, Registry, RegistryError, RegistryView};
 use crate::store::{Record, Store, StoreError};
 
@@ -38,6 +39,7 @@ pub struct SharedRegistry {
     /// Carries the config generation: bumped on changes HAProxy must serve
     /// (not on plain renewals, which would wake the applier for nothing).
     config_changes: watch::Sender<u64>,
+    events: Events,
 }
 
 impl SharedRegistry {
@@ -62,13 +64,20 @@ impl SharedRegistry {
             tracing::info!(entries = kept, "restored the registry from disk");
         }
         let (config_changes, _) = watch::channel(registry.config_generation());
+        let events = Events::new(crate::events::DEFAULT_CAPACITY, clock.clone());
         Self {
             outbox: Mutex::new(None),
             inner: Mutex::new(registry),
             store,
             clock,
             config_changes,
+            events,
         }
+    }
+
+    /// This peer's event log.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Sends own writes to `outbox` from now on; returns the own entries held

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod error;
+mod events;
 mod health;
 mod hook;
 pub mod input;
@@ -74,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
             put(v1_write::register).delete(v1_write::deregister),
         )
         .route("/v1/status", get(status::status))
+        .route("/v1/events", get(events::events))
         .route("/v1/whoami", get(v1_read::whoami))
         .route("/v1/vrrp", post(vrrp::report_vrrp))
         .route("/healthz", get(health::healthz))
