@@ -174,7 +174,7 @@ pub async fn run(
                     settings.node_id
                 )
             })?;
-            Some(QuicTransport::new(peer_tls))
+            Some(QuicTransport::new(peer_tls, settings.gossip_interval))
         }
     };
     let gossip_transport: &dyn Transport = match &quic {

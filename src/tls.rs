@@ -338,6 +338,15 @@ impl PeerTls {
         Ok(c)
     }
 
+    /// A secret of this peer for one `purpose`, derived from its private key:
+    /// the same on every start with the same key, unknown without the key.
+    pub fn derived_secret(&self, purpose: &[u8]) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.secret_der());
+        let mut out = [0; 32];
+        out.copy_from_slice(ring::hmac::sign(&key, purpose).as_ref());
+        out
+    }
+
     /// Presents this peer's certificate and accepts only servers with one from the cluster CA.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let mut c = rustls::ClientConfig::builder_with_provider(provider())

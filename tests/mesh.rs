@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -109,4 +109,102 @@ fn status_shows_every_peer_and_the_cli_prints_the_mesh() {
         assert!(out.contains(id), "{out}");
     }
     assert!(out.contains("mesh converged"), "{out}");
+}
+
+/// The registry digest a peer reports, and the node ids it sees live; None
+/// while its API does not answer.
+fn view_of(d: &Daemon) -> Option<(serde_json::Value, Vec<String>)> {
+    let (code, s) = d.get("/v1/status");
+    if code != 200 {
+        return None;
+    }
+    let live = s["peers"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["live"] == true)
+        .filter_map(|p| p["node_id"].as_str().map(str::to_owned))
+        .collect();
+    Some((s["registry"]["digest"].clone(), live))
+}
+
+/// kill -9 one peer and start it again a second later: it holds the mesh's
+/// entries and sees every peer at once, and what it accepts reaches the
+/// others at once.
+fn a_restarted_peer_rejoins_at_once(transport: &str) {
+    let mut m = mesh_of(3, transport);
+    m.converged(&[0, 1, 2]);
+    let port = free_port("127.0.0.1");
+    let servers: Vec<Backend> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| Backend::start(&format!("nodeport-{n}")))
+        .collect();
+    m.peers[0].add("traefik", port, servers[0].addr);
+    m.peers[2].add("traefik", port, servers[1].addr);
+    m.converged(&[0, 1, 2]);
+
+    m.peers[1].crash();
+    std::thread::sleep(Duration::from_secs(1));
+    // A write the crashed peer has not seen.
+    m.peers[0].add("traefik", port, servers[2].addr);
+    let (want, _) = view_of(&m.peers[0]).expect("peer 1 answers");
+    let started = Instant::now();
+    m.peers[1].spawn_process();
+    let caught_up = eventually(
+        Duration::from_secs(30),
+        "the restarted peer to hold every entry and see every peer",
+        || {
+            let (digest, live) = view_of(&m.peers[1])?;
+            (digest == want
+                && ["lb1", "lb2", "lb3"]
+                    .iter()
+                    .all(|n| live.iter().any(|l| l == n)))
+            .then(|| started.elapsed())
+        },
+    );
+    let written = Instant::now();
+    let (code, v) = m.peers[1].hook(
+        &serde_json::json!({
+            "name": "traefik", "frontend-port": port.to_string(),
+            "backend-port": servers[3].addr.port().to_string(),
+            "dst-ip": servers[3].addr.ip().to_string(), "action": "add"
+        }),
+        "",
+    );
+    assert_eq!(code, 200, "{v}");
+    let spread = eventually(
+        Duration::from_secs(30),
+        "the restarted peer's write at the others",
+        || {
+            [0, 2]
+                .iter()
+                .all(|&i| {
+                    let (_, f) = m.peers[i].get(&format!("/v1/frontends/{port}"));
+                    f["servers"].as_array().is_some_and(|s| s.len() == 4)
+                })
+                .then(|| written.elapsed())
+        },
+    );
+    eprintln!(
+        "{transport}: restarted peer caught up {:.2} s after it started; its write reached both others in {:.2} s",
+        caught_up.as_secs_f64(),
+        spread.as_secs_f64()
+    );
+    assert!(
+        caught_up < Duration::from_secs(3),
+        "{transport}: the restarted peer caught up only after {caught_up:?}"
+    );
+    assert!(
+        spread < Duration::from_secs(2),
+        "{transport}: the restarted peer's write took {spread:?} to reach the others"
+    );
+}
+
+#[test]
+fn a_restarted_peer_rejoins_at_once_on_quic() {
+    a_restarted_peer_rejoins_at_once("quic");
+}
+
+#[test]
+fn a_restarted_peer_rejoins_at_once_on_udp() {
+    a_restarted_peer_rejoins_at_once("udp");
 }

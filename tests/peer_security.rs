@@ -289,7 +289,7 @@ fn a_certificate_for_another_node_is_refused() {
     rt.block_on(async {
         let liar = rogue_peer(
             "lb9",
-            &QuicTransport::new(tls.clone()),
+            &QuicTransport::new(tls.clone(), Duration::from_millis(100)),
             victim.gossip,
             p_bad,
         )
@@ -302,7 +302,13 @@ fn a_certificate_for_another_node_is_refused() {
         assert!(!peer_ids(&victim).contains(&"lb9".to_string()));
         let _ = liar.shutdown().await;
         // Control: the same certificate under its own name is a peer.
-        let honest = rogue_peer("lb2", &QuicTransport::new(tls), victim.gossip, p_good).await;
+        let honest = rogue_peer(
+            "lb2",
+            &QuicTransport::new(tls, Duration::from_millis(100)),
+            victim.gossip,
+            p_good,
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
             frontends(&victim).contains(&(p_good as u64)),

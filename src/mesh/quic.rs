@@ -1,12 +1,24 @@
 //! Gossip over QUIC with mutual TLS: a chitchat [`Transport`] on quinn.
 //!
 //! Every message travels on its own unidirectional stream of a connection
-//! authenticated both ways against the cluster CA, so gossip is encrypted,
-//! integrity-protected and replay-proof, and a host without a cluster
-//! certificate cannot read it, send it or appear as a peer. Sending never
-//! blocks chitchat's loop: each destination has a queue and a task that
+//! (a *link*) authenticated both ways against the cluster CA, so gossip is
+//! encrypted, integrity-protected and replay-proof, and a host without a
+//! cluster certificate cannot read it, send it or appear as a peer. Sending
+//! never blocks chitchat's loop: each destination has a queue and a task that
 //! connects and writes; when a peer is unreachable its messages are dropped,
 //! as UDP would.
+//!
+//! A peer that crashes and starts again at the same address is heard at once,
+//! because no link to a dead incarnation lingers:
+//! - the stateless-reset key comes from the peer's private key, so a restarted
+//!   endpoint resets its predecessor's links as soon as any packet (a message
+//!   or a keep-alive) reaches it;
+//! - a message leaves on the newest open link with its destination, whichever
+//!   side opened it, so a reply takes the link a restarted peer just opened;
+//! - a new handshake from a peer closes the links it replaces ([`Links::add`]);
+//! - a failed write closes its link and the message is tried once more;
+//! - keep-alive and idle timeout are a few gossip intervals, well inside the
+//!   failure detector's window.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -79,18 +91,119 @@ impl RefusalLog {
     }
 }
 
+/// A peer that connects to us has no open link with us; a link of ours with
+/// it set up longer than this before its handshake leads to an earlier
+/// incarnation (a connect racing ours is far younger).
+const RACING_CONNECT: Duration = Duration::from_secs(1);
+
+/// How long a destination that could not be reached is not tried again;
+/// its messages are dropped meanwhile.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The application close code of a link replaced by a newer one.
+const SUPERSEDED: u32 = 2;
+
+/// One authenticated connection with a peer.
+struct Link {
+    conn: quinn::Connection,
+    /// Whether this peer opened it.
+    ours: bool,
+    established: Instant,
+}
+
+/// Every open link, by the peer address at its other end.
+#[derive(Default)]
+struct Links {
+    by_addr: Mutex<HashMap<SocketAddr, Vec<Link>>>,
+}
+
+impl Links {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Link>>> {
+        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest open link with `addr`.
+    fn newest(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let mut all = self.lock();
+        let links = all.get_mut(&addr)?;
+        links.retain(|l| l.conn.close_reason().is_none());
+        let newest = links.last().map(|l| l.conn.clone());
+        if links.is_empty() {
+            all.remove(&addr);
+        }
+        newest
+    }
+
+    /// Records a new authenticated link. A peer opens one only when it has
+    /// no open link with us, so its handshake (begun at `began`) replaces
+    /// every link it opened before and every link we opened to it well
+    /// before: those lead to an earlier incarnation, or one it gave up.
+    fn add(&self, addr: SocketAddr, conn: quinn::Connection, ours: bool, began: Instant) {
+        let mut all = self.lock();
+        let links = all.entry(addr).or_default();
+        links.retain(|l| {
+            let open = l.conn.close_reason().is_none();
+            let replaced = !ours && (!l.ours || l.established + RACING_CONNECT < began);
+            if open && replaced {
+                tracing::debug!(peer = %addr, "a new handshake replaces an older gossip link");
+                l.conn
+                    .close(SUPERSEDED.into(), b"superseded by a new handshake");
+            }
+            open && !replaced
+        });
+        links.push(Link {
+            conn,
+            ours,
+            established: Instant::now(),
+        });
+    }
+
+    /// Forgets a link that has closed.
+    fn remove(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        let mut all = self.lock();
+        if let Some(links) = all.get_mut(&addr) {
+            links.retain(|l| l.conn.stable_id() != conn.stable_id());
+            if links.is_empty() {
+                all.remove(&addr);
+            }
+        }
+    }
+}
+
+/// How fast a dead link is noticed, from the gossip interval.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    keep_alive: Duration,
+    idle_timeout: Duration,
+}
+
+impl Liveness {
+    /// chitchat declares a peer dead after roughly 15 to 20 gossip
+    /// intervals without news; links notice within about 10, and a
+    /// keep-alive every 2 keeps a quiet link open.
+    fn for_gossip_interval(gossip: Duration) -> Liveness {
+        Liveness {
+            keep_alive: (gossip * 2).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            idle_timeout: (gossip * 10).clamp(Duration::from_secs(2), Duration::from_secs(10)),
+        }
+    }
+}
+
 /// The QUIC transport of one peer.
 #[derive(Clone)]
 pub struct QuicTransport {
     tls: PeerTls,
+    liveness: Liveness,
     identities: Arc<Identities>,
     refusals: Arc<RefusalLog>,
 }
 
 impl QuicTransport {
-    pub fn new(tls: PeerTls) -> Self {
+    /// A transport for a mesh that gossips every `gossip_interval`.
+    pub fn new(tls: PeerTls, gossip_interval: Duration) -> Self {
         Self {
             tls,
+            liveness: Liveness::for_gossip_interval(gossip_interval),
             identities: Arc::default(),
             refusals: Arc::default(),
         }
@@ -100,15 +213,25 @@ impl QuicTransport {
         self.identities.clone()
     }
 
-    fn transport_config() -> Arc<quinn::TransportConfig> {
+    fn transport_config(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(15)).expect("15 s fits"),
+            quinn::IdleTimeout::try_from(self.liveness.idle_timeout).expect("at most 10 s fits"),
         ));
-        t.keep_alive_interval(Some(Duration::from_secs(3)));
+        t.keep_alive_interval(Some(self.liveness.keep_alive));
         t.max_concurrent_uni_streams(1024u32.into());
         t.max_concurrent_bidi_streams(0u32.into());
         Arc::new(t)
+    }
+
+    /// The same stateless-reset key on every start with the same private
+    /// key: a restarted endpoint can reset links its predecessor held.
+    fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let secret = self.tls.derived_secret(b"lbmesh gossip stateless reset v1");
+        quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &secret,
+        )))
     }
 }
 
@@ -126,80 +249,131 @@ impl Transport for QuicTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let server_crypto = QuicServerConfig::try_from(Arc::new(self.tls.server_config()?))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(Self::transport_config());
+        server.transport_config(self.transport_config());
         let client_crypto = QuicClientConfig::try_from(Arc::new(self.tls.client_config()?))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(Self::transport_config());
-        let mut endpoint = quinn::Endpoint::server(server, listen_addr)?;
+        client.transport_config(self.transport_config());
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
+        let mut endpoint = quinn::Endpoint::new(
+            self.endpoint_config(),
+            Some(server),
+            std::net::UdpSocket::bind(listen_addr)?,
+            runtime,
+        )?;
         endpoint.set_default_client_config(client);
 
         let (inbox_tx, inbox) = mpsc::channel(4096);
-        let accept = tokio::spawn(accept_loop(
-            endpoint.clone(),
-            inbox_tx,
-            self.identities.clone(),
-            self.refusals.clone(),
-        ));
-        Ok(Box::new(QuicSocket {
-            endpoint,
-            inbox,
-            senders: HashMap::new(),
+        let peers = Arc::new(Peers {
+            endpoint: endpoint.clone(),
+            inbox: inbox_tx,
+            links: Links::default(),
+            write_timeout: self.liveness.idle_timeout,
             identities: self.identities.clone(),
             refusals: self.refusals.clone(),
+        });
+        let accept = tokio::spawn(accept_loop(peers.clone()));
+        Ok(Box::new(QuicSocket {
+            peers,
+            inbox,
+            senders: HashMap::new(),
             accept,
         }))
     }
 }
 
-async fn accept_loop(
+/// What the accept loop, the readers and the senders of one endpoint share.
+struct Peers {
     endpoint: quinn::Endpoint,
     inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
+    links: Links,
+    write_timeout: Duration,
     identities: Arc<Identities>,
     refusals: Arc<RefusalLog>,
-) {
-    while let Some(incoming) = endpoint.accept().await {
-        let (inbox, identities, refusals) = (inbox.clone(), identities.clone(), refusals.clone());
+}
+
+impl Peers {
+    /// Checks who an established connection is, records it as a link and
+    /// starts reading from it; None (and the connection closed) if it is not a peer.
+    fn admit(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        ours: bool,
+        began: Instant,
+    ) -> Option<quinn::Connection> {
+        let node = match peer_node(&conn) {
+            Ok(n) => n,
+            Err(why) => {
+                conn.close(1u32.into(), b"not a peer certificate");
+                self.refusals.refused(addr, &why);
+                return None;
+            }
+        };
+        self.identities.record(addr, node);
+        self.links.add(addr, conn.clone(), ours, began);
+        tokio::spawn(read_link(self.clone(), addr, conn.clone()));
+        Some(conn)
+    }
+
+    /// Opens a link to `to`.
+    async fn connect(self: &Arc<Self>, to: SocketAddr) -> Option<quinn::Connection> {
+        let began = Instant::now();
+        match connect(&self.endpoint, to).await {
+            Ok(c) => self.admit(to, c, true, began),
+            Err(why) => {
+                tracing::debug!(%to, %why, "cannot reach peer");
+                if why.contains("certificate") || why.contains("handshake") {
+                    self.refusals.refused(to, &why);
+                }
+                None
+            }
+        }
+    }
+}
+
+async fn accept_loop(peers: Arc<Peers>) {
+    while let Some(incoming) = peers.endpoint.accept().await {
+        let began = Instant::now();
+        let peers = peers.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return refusals.refused(remote, &e.to_string()),
-                Err(_) => return refusals.refused(remote, "handshake timed out"),
-            };
-            let node = match peer_node(&conn) {
-                Ok(n) => n,
-                Err(why) => {
-                    conn.close(1u32.into(), b"not a peer certificate");
-                    return refusals.refused(remote, &why);
+            match tokio::time::timeout(Duration::from_secs(10), incoming).await {
+                Ok(Ok(conn)) => {
+                    peers.admit(remote, conn, false, began);
                 }
-            };
-            identities.record(remote, node);
-            while let Ok(mut stream) = conn.accept_uni().await {
-                let bytes = match stream.read_to_end(MAX_MESSAGE + 1024).await {
-                    Ok(b) => b,
-                    Err(_) => continue,
-                };
-                match ChitchatMessage::deserialize(&mut &bytes[..]) {
-                    Ok(msg) => {
-                        if inbox.try_send((remote, msg)).is_err() && inbox.is_closed() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(%remote, error = %e, "undecodable gossip message");
-                    }
-                }
+                Ok(Err(e)) => peers.refusals.refused(remote, &e.to_string()),
+                Err(_) => peers.refusals.refused(remote, "handshake timed out"),
             }
         });
     }
 }
 
+/// Hands every message that arrives on one link to chitchat.
+async fn read_link(peers: Arc<Peers>, remote: SocketAddr, conn: quinn::Connection) {
+    while let Ok(mut stream) = conn.accept_uni().await {
+        let bytes = match stream.read_to_end(MAX_MESSAGE + 1024).await {
+            Ok(b) => b,
+            Err(_) => continue,
+        };
+        match ChitchatMessage::deserialize(&mut &bytes[..]) {
+            Ok(msg) => {
+                if peers.inbox.try_send((remote, msg)).is_err() && peers.inbox.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "undecodable gossip message");
+            }
+        }
+    }
+    peers.links.remove(remote, &conn);
+}
+
 struct QuicSocket {
-    endpoint: quinn::Endpoint,
+    peers: Arc<Peers>,
     inbox: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
     senders: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    identities: Arc<Identities>,
-    refusals: Arc<RefusalLog>,
     accept: JoinHandle<()>,
 }
 
@@ -216,13 +390,7 @@ impl Socket for QuicSocket {
             Some(q) if !q.is_closed() => q.clone(),
             _ => {
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(sender(
-                    self.endpoint.clone(),
-                    to,
-                    rx,
-                    self.identities.clone(),
-                    self.refusals.clone(),
-                ));
+                tokio::spawn(sender(self.peers.clone(), to, rx));
                 self.senders.insert(to, tx.clone());
                 tx
             }
@@ -243,63 +411,45 @@ impl Socket for QuicSocket {
 impl Drop for QuicSocket {
     fn drop(&mut self) {
         self.accept.abort();
-        self.endpoint.close(0u32.into(), b"shutting down");
+        self.peers.endpoint.close(0u32.into(), b"shutting down");
     }
 }
 
-/// Delivers queued messages to one peer, (re)connecting as needed.
-async fn sender(
-    endpoint: quinn::Endpoint,
-    to: SocketAddr,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    identities: Arc<Identities>,
-    refusals: Arc<RefusalLog>,
-) {
-    let mut conn: Option<quinn::Connection> = None;
+/// Delivers queued messages to one peer on its newest link, opening one
+/// when there is none.
+async fn sender(peers: Arc<Peers>, to: SocketAddr, mut queue: mpsc::Receiver<Vec<u8>>) {
     let mut retry_at = tokio::time::Instant::now();
     while let Some(bytes) = queue.recv().await {
-        if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
-            conn = None;
-        }
-        if conn.is_none() {
-            if tokio::time::Instant::now() < retry_at {
-                continue; // the peer was unreachable moments ago: drop
-            }
-            match connect(&endpoint, to).await {
-                Ok(c) => match peer_node(&c) {
-                    Ok(node) => {
-                        identities.record(to, node);
-                        conn = Some(c);
-                    }
-                    Err(why) => {
-                        c.close(1u32.into(), b"not a peer certificate");
-                        refusals.refused(to, &why);
+        // A failed write closes its link; the message gets one more try.
+        for _ in 0..2 {
+            let conn = match peers.links.newest(to) {
+                Some(c) => c,
+                // The peer was unreachable moments ago: drop.
+                None if tokio::time::Instant::now() < retry_at => break,
+                None => match peers.connect(to).await {
+                    Some(c) => c,
+                    None => {
+                        retry_at = tokio::time::Instant::now() + RETRY_AFTER;
+                        break;
                     }
                 },
+            };
+            let sent = async {
+                let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+                s.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(peers.write_timeout, sent)
+                .await
+                .unwrap_or_else(|_| Err("write timed out".into()))
+            {
+                Ok(()) => break,
                 Err(why) => {
-                    tracing::debug!(%to, %why, "cannot reach peer");
-                    if why.contains("certificate") || why.contains("handshake") {
-                        refusals.refused(to, &why);
-                    }
+                    tracing::debug!(%to, %why, "gossip send failed; closing the link");
+                    conn.close(0u32.into(), b"send failed");
+                    peers.links.remove(to, &conn);
                 }
             }
-            if conn.is_none() {
-                retry_at = tokio::time::Instant::now() + Duration::from_millis(500);
-                continue;
-            }
-        }
-        let c = conn.as_ref().expect("connected above");
-        let sent = async {
-            let mut s = c.open_uni().await.map_err(|e| e.to_string())?;
-            s.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            s.finish().map_err(|e| e.to_string())
-        };
-        if let Err(why) = tokio::time::timeout(Duration::from_secs(5), sent)
-            .await
-            .unwrap_or_else(|_| Err("write timed out".into()))
-        {
-            tracing::debug!(%to, %why, "gossip send failed; reconnecting");
-            conn = None;
         }
     }
 }

@@ -198,6 +198,12 @@ impl Daemon {
 
     /// Starts the process (again) and waits until it is healthy.
     pub fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_healthy();
+    }
+
+    /// Starts the process (again) and waits only for its token file.
+    pub fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -221,7 +227,6 @@ impl Daemon {
                 .ok()
                 .map(|t| t.trim().to_owned())
         });
-        self.wait_healthy();
     }
 
     pub fn wait_healthy(&self) {
