@@ -260,9 +260,9 @@ pub async fn termination() {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let listener = tokio::net::TcpListener::bind(settings.api_listen)
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (api-listen)", settings.api_listen))?;
+        .with_context(|| format!("cannot listen on {} (api-listen)", settings.api.listen))?;
     crate::daemon::run(settings, listener, termination()).await
 }
 

@@ -11,9 +11,8 @@ use tokio::sync::watch;
 use crate::api::{self, ApiState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ApiTls, GossipTls, HaproxyMode, Settings};
-use crate::haproxy::apply::{Applier, ApplyTiming};
+use crate::haproxy::apply::Applier;
 use crate::haproxy::process::{Haproxy, Mode};
-use crate::haproxy::render::RenderSettings;
 use crate::keepalived::{self, Vrrp};
 use crate::mesh::quic::QuicTransport;
 use crate::mesh::transport::{Transport, UdpTransport};
@@ -73,12 +72,12 @@ pub async fn run(
     let (store, recovered) = Store::open(&settings.data_dir)?;
     let api_port = api_listener.local_addr()?.port();
     let policy = PortPolicy::new(
-        settings.allowed_ports.clone(),
-        [api_port, settings.gossip_listen.port()],
+        settings.registry.allowed_ports.clone(),
+        [api_port, settings.gossip.listen.port()],
     );
     let generation = crate::store::next_generation(&settings.data_dir, SystemClock.now_ms())?;
     let origin = Origin::new(settings.node_id.clone(), generation);
-    let registry = Registry::new(origin, settings.limits.clone(), policy);
+    let registry = Registry::new(origin, settings.registry.limits.clone(), policy);
     let shared = Arc::new(SharedRegistry::new(
         registry,
         store,
@@ -100,35 +99,16 @@ pub async fn run(
     let haproxy = Haproxy::new(
         h.binary.clone(),
         h.config_path.clone(),
-        h.runtime_socket.clone(),
-        h.health_socket.clone(),
+        h.render.runtime_socket.clone(),
+        h.render.health_socket.clone(),
         mode,
     );
     haproxy.adopt_existing();
-    let render = RenderSettings {
-        bind_address: settings.bind_address,
-        runtime_socket: h.runtime_socket.clone(),
-        health_socket: h.health_socket.clone(),
-        hard_stop_after: h.hard_stop_after,
-        max_reloads: 50,
-        check_interval: h.check_interval,
-        check_fall: h.check_fall,
-        check_rise: h.check_rise,
-        timeout_connect: h.timeout_connect,
-        timeout_client: h.timeout_client,
-        timeout_server: h.timeout_server,
-        min_slots: h.min_slots,
-    };
-    let timing = ApplyTiming {
-        coalesce: h.coalesce,
-        min_reload_interval: h.min_reload_interval,
-        ..ApplyTiming::default()
-    };
     let (applier, apply_rx) = Applier::new(
         shared.clone(),
         haproxy.clone(),
-        render,
-        timing,
+        h.render.clone(),
+        h.timing.clone(),
         metrics.clone(),
     );
 
@@ -140,20 +120,20 @@ pub async fn run(
     let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
 
     let api_addr = api_listener.local_addr()?;
-    let (vrrp, vrrp_rx) = Vrrp::new(settings.hooks.clone());
-    let fifo = settings.notify_fifo.clone().map(|path| {
+    let (vrrp, vrrp_rx) = Vrrp::new(settings.keepalived.hooks.clone());
+    let fifo = settings.keepalived.notify_fifo.clone().map(|path| {
         tokio::spawn(keepalived::read_fifo(
             path,
             vrrp.clone(),
             shutdown_rx.clone(),
         ))
     });
-    let scheme = if settings.tls.is_some() {
+    let scheme = if settings.api.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let quic = match &settings.gossip_tls {
+    let quic = match &settings.gossip.tls {
         GossipTls::None => {
             tracing::warn!(
                 "gossip runs over plain UDP (mesh.transport = \"udp\"): unauthenticated and unencrypted"
@@ -184,13 +164,13 @@ pub async fn run(
     let mesh = Mesh::start(
         MeshSettings {
             origin: shared.with(|r| r.origin().clone()),
-            listen: settings.gossip_listen,
-            advertise: settings.gossip_advertise,
-            seeds: settings.seeds.clone(),
-            cluster_id: settings.cluster_id.clone(),
-            gossip_interval: settings.gossip_interval,
+            listen: settings.gossip.listen,
+            advertise: settings.gossip.advertise,
+            seeds: settings.gossip.seeds.clone(),
+            cluster_id: settings.gossip.cluster_id.clone(),
+            gossip_interval: settings.gossip.interval,
             // Longer than any lease: a dead peer's registrations stay until they end.
-            dead_node_grace: settings.limits.max_ttl + Duration::from_secs(3600),
+            dead_node_grace: settings.registry.limits.max_ttl + Duration::from_secs(3600),
             deleted_key_grace: Duration::from_secs(3600),
             api_url: format!("{scheme}://{api_addr}"),
             identities: quic.as_ref().map(QuicTransport::identities),
@@ -206,11 +186,11 @@ pub async fn run(
     .with_context(|| {
         format!(
             "cannot join the mesh on {} (gossip-listen)",
-            settings.gossip_listen
+            settings.gossip.listen
         )
     })?;
 
-    let tls: Option<api::SharedTls> = match &settings.tls {
+    let tls: Option<api::SharedTls> = match &settings.api.tls {
         Some(ApiTls::Files { cert, key }) => {
             let shared = Arc::new(arc_swap::ArcSwap::from_pointee(api::tls_acceptor(
                 cert, key,
@@ -243,12 +223,12 @@ pub async fn run(
         apply: apply_rx,
         haproxy: haproxy.clone(),
         metrics,
-        max_body_bytes: settings.max_body_bytes,
-        max_wait: settings.max_wait,
+        max_body_bytes: settings.api.max_body_bytes,
+        max_wait: settings.api.max_wait,
         started,
         mesh: Some(mesh.status()),
         vrrp: Some(vrrp),
-        max_lag: settings.max_lag,
+        max_lag: settings.keepalived.max_lag,
         lag_since: Arc::default(),
     };
     let server = tokio::spawn(api::serve(

@@ -1,0 +1,75 @@
+//! The `[registry]` section: leases, bounds and the frontend-port policy.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid, positive};
+use crate::registry::{Limits, PortRange};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryFile {
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    pub max_servers: Option<usize>,
+    pub max_servers_per_frontend: Option<usize>,
+    pub max_frontends: Option<usize>,
+    pub allowed_ports: Option<Vec<PortRange>>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_clock_skew: Option<Duration>,
+}
+
+/// What the registry accepts.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub limits: Limits,
+    /// Frontend ports clients may ask for; empty means every port but lbmesh's own and 22.
+    pub allowed_ports: Vec<PortRange>,
+}
+
+pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> {
+    let d = Limits::default();
+    let limits = Limits {
+        default_ttl: positive(
+            "registry.default-ttl",
+            r.default_ttl.unwrap_or(d.default_ttl),
+        )?,
+        min_ttl: positive("registry.min-ttl", r.min_ttl.unwrap_or(d.min_ttl))?,
+        max_ttl: positive("registry.max-ttl", r.max_ttl.unwrap_or(d.max_ttl))?,
+        max_servers: r.max_servers.unwrap_or(d.max_servers),
+        max_servers_per_frontend: r
+            .max_servers_per_frontend
+            .unwrap_or(d.max_servers_per_frontend),
+        max_frontends: r.max_frontends.unwrap_or(d.max_frontends),
+        max_clock_skew: r.max_clock_skew.unwrap_or(d.max_clock_skew),
+    };
+    if !(limits.min_ttl <= limits.default_ttl && limits.default_ttl <= limits.max_ttl) {
+        return Err(invalid(
+            "registry.default-ttl",
+            humantime::format_duration(limits.default_ttl),
+            "must lie between registry.min-ttl and registry.max-ttl",
+        ));
+    }
+    for (key, v, max) in [
+        ("registry.max-servers", limits.max_servers, 1_000_000),
+        (
+            "registry.max-servers-per-frontend",
+            limits.max_servers_per_frontend,
+            4096,
+        ),
+        ("registry.max-frontends", limits.max_frontends, 65_535),
+    ] {
+        if v == 0 || v > max {
+            return Err(invalid(key, v, format!("must be from 1 to {max}")));
+        }
+    }
+    Ok(RegistrySettings {
+        limits,
+        allowed_ports: r.allowed_ports.unwrap_or_default(),
+    })
+}
