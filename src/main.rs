@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use lbmesh::cli::{self, Cli, Cmd};
+use lbmesh::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -17,17 +17,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
-    let result = runtime.block_on(async {
-        match cli.command {
-            Cmd::Serve(args) => ok(cli::serve(*args).await),
-            Cmd::Status(args) => ok(cli::status(args).await),
-            Cmd::Ca(cmd) => ok(cli::ca(cmd)),
-            // The check's exit code is its answer to keepalived.
-            Cmd::Keepalived(cmd) => cli::keepalived(cmd).await,
-            Cmd::PhoneHome(args) => ok(cli::phone_home(*args).await),
-        }
-    });
+    let result = runtime.block_on(cli::run(cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,88 @@
+//! The command line: `lbmesh serve`, `lbmesh status`, and friends; one
+//! module per command, output formatting apart from I/O.
+
+mod ca;
+mod format;
+mod keepalived;
+mod phone_home;
+mod serve;
+mod status;
+
+pub use ca::{CaCmd, CaInitArgs, CaIssueArgs, ca};
+pub use format::format_status;
+pub use keepalived::{KeepalivedCmd, KeepalivedConfigArgs, keepalived};
+pub use phone_home::phone_home;
+pub use serve::{ServeArgs, serve};
+pub use status::{StatusArgs, status};
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbmesh",
+    version,
+    about = "A mesh of redundant HAProxy load balancers fed by phone-home calls"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon: phone-home API, registry, HAProxy.
+    Serve(Box<ServeArgs>),
+    /// Show this peer (and the mesh it sees) as a table.
+    Status(StatusArgs),
+    /// Register a NodePort with the mesh and keep it registered: a drop-in for
+    /// the original phone-home container (same environment variables).
+    PhoneHome(Box<crate::phone_home::PhoneHomeArgs>),
+    /// Integration with keepalived: health check, notify hook, config.
+    #[command(subcommand)]
+    Keepalived(KeepalivedCmd),
+    /// The cluster certificate authority for peer links.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
+    match command {
+        Cmd::Serve(args) => ok(serve(*args).await),
+        Cmd::Status(args) => ok(status(args).await),
+        Cmd::Ca(cmd) => ok(ca(cmd)),
+        // The check's exit code is its answer to keepalived.
+        Cmd::Keepalived(cmd) => keepalived(cmd).await,
+        Cmd::PhoneHome(args) => ok(phone_home(*args).await),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// An HTTP client for lbmesh's own API.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .use_rustls_tls()
+        .build()
+        .context("build HTTP client")
+}
