@@ -154,7 +154,7 @@ pub async fn run(
                     settings.node_id
                 )
             })?;
-            Some(QuicTransport::new(peer_tls, settings.gossip_interval))
+            Some(QuicTransport::new(peer_tls, settings.gossip.interval))
         }
     };
     let gossip_transport: &dyn Transport = match &quic {
