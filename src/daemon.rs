@@ -104,10 +104,20 @@ pub async fn run(
         mode,
     );
     haproxy.adopt_existing();
+    let mut render = h.render.clone();
+    let haproxy_log = match render.log_socket.as_deref().map(crate::haproxy::log::bind) {
+        Some(Ok(socket)) => Some(socket),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot bind haproxy.log-socket; HAProxy's own log will not reach lbmesh's");
+            render.log_socket = None;
+            None
+        }
+        None => None,
+    };
     let (applier, apply_rx) = Applier::new(
         shared.clone(),
         haproxy.clone(),
-        h.render.clone(),
+        render.clone(),
         h.timing.clone(),
         metrics.clone(),
     );
@@ -115,12 +125,28 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // HAProxy stops last, once nothing can ask it to reload any more.
     let (haproxy_stop_tx, haproxy_stop_rx) = watch::channel(false);
+    let haproxy_log = haproxy_log.zip(render.log_socket).map(|(socket, path)| {
+        tokio::spawn(crate::haproxy::log::receive(
+            socket,
+            path,
+            haproxy_stop_rx.clone(),
+        ))
+    });
     let supervisor = tokio::spawn(haproxy.clone().supervise(haproxy_stop_rx));
+    let (health_tx, health_rx) = watch::channel(Arc::default());
+    let observer = tokio::spawn(crate::haproxy::stats::observe(
+        haproxy.clone(),
+        metrics.clone(),
+        shared.events().clone(),
+        h.render.check_interval.max(Duration::from_secs(1)),
+        health_tx,
+        shutdown_rx.clone(),
+    ));
     let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
     let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
 
     let api_addr = api_listener.local_addr()?;
-    let (vrrp, vrrp_rx) = Vrrp::new(settings.keepalived.hooks.clone());
+    let (vrrp, vrrp_rx) = Vrrp::new(settings.keepalived.hooks.clone(), shared.events().clone());
     let fifo = settings.keepalived.notify_fifo.clone().map(|path| {
         tokio::spawn(keepalived::read_fifo(
             path,
@@ -154,7 +180,10 @@ pub async fn run(
                     settings.node_id
                 )
             })?;
-            Some(QuicTransport::new(peer_tls, settings.gossip.interval))
+            Some(
+                QuicTransport::new(peer_tls, settings.gossip.interval)
+                    .with_metrics(metrics.clone()),
+            )
         }
     };
     let gossip_transport: &dyn Transport = match &quic {
@@ -230,6 +259,7 @@ pub async fn run(
         vrrp: Some(vrrp),
         max_lag: settings.keepalived.max_lag,
         lag_since: Arc::default(),
+        health: health_rx,
     };
     let server = tokio::spawn(api::serve(
         api_listener,
@@ -252,6 +282,7 @@ pub async fn run(
     let _ = server.await;
     let _ = applier.await;
     let _ = maintenance.await;
+    let _ = observer.await;
     if let Some(f) = fifo {
         let _ = f.await;
     }
@@ -263,6 +294,9 @@ pub async fn run(
     {
         tracing::warn!("HAProxy supervisor did not stop within 10 s");
     }
+    if let Some(log) = haproxy_log {
+        let _ = log.await;
+    }
     shared
         .compact()
         .await
@@ -271,16 +305,18 @@ pub async fn run(
     Ok(())
 }
 
-/// Compacts the write-ahead log when it has grown well past the live state,
-/// and forgets expired leases.
+/// Logs lease ends, compacts the write-ahead log when it has grown well past
+/// the live state, and forgets expired leases.
 async fn maintain(shared: Arc<SharedRegistry>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_gc = Instant::now();
+    let mut leases_checked = shared.now_ms();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
+        crate::events::note_lease_ends(&shared, &mut leases_checked);
         let own = shared.with(|r| r.own_entries().count()) as u64;
         let wal = shared.store().wal_records();
         if wal > 2 * own + 10_000 || (wal > 0 && last_gc.elapsed() > Duration::from_secs(300)) {

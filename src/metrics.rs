@@ -1,4 +1,7 @@
 //! Prometheus metrics: one registry of counters and gauges shared by every subsystem.
+//!
+//! Names and labels are an interface: `deploy/prometheus/` alerts on them and
+//! `deploy/grafana/` draws them; a test checks that every name used there exists.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -6,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -24,19 +28,84 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Why HAProxy's config changed, and whether the change worked.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerStateLabels {
+    /// `live` or `dead`.
+    pub state: &'static str,
+}
+
+/// Servers of one frontend in one health state, as HAProxy's checks see them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerStateLabels {
+    pub frontend: String,
+    pub state: &'static str,
+}
+
+/// Why a peer's connection was refused (`lbmesh_peer_connections_refused_total`).
+pub mod refused_connection {
+    /// The TLS handshake failed: no certificate, or one the cluster CA did not sign.
+    pub const TLS: &str = "tls";
+    /// The certificate is on the revocation list.
+    pub const REVOKED: &str = "revoked";
+    /// The certificate names another node than the one the peer gossips as.
+    pub const IDENTITY: &str = "identity";
+    /// Another live peer already uses this node id.
+    pub const DUPLICATE_NODE_ID: &str = "duplicate_node_id";
+    pub const ALL: [&str; 4] = [TLS, REVOKED, IDENTITY, DUPLICATE_NODE_ID];
+}
+
+/// Why an entry gossiped by a peer was refused (`lbmesh_gossip_entries_refused_total`).
+pub mod refused_entry {
+    /// It cannot be decoded.
+    pub const MALFORMED: &str = "malformed";
+    /// This peer's port or address policy forbids it.
+    pub const POLICY: &str = "policy";
+    /// It would exceed this peer's limits.
+    pub const LIMIT: &str = "limit";
+    pub const ALL: [&str; 3] = [MALFORMED, POLICY, LIMIT];
+}
+
+/// Buckets for latencies across the mesh, from a millisecond to a minute.
+fn mesh_latency_buckets() -> [f64; 14] {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
+    ]
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub frontends: Gauge,
     pub servers: Gauge,
     pub applies: Family<ApplyLabels, Counter>,
-    pub reloads: Family<ResultLabels, Counter>,
+    pub reloads: Family<CauseLabels, Counter>,
+    pub runtime_changes: Family<CauseLabels, Counter>,
     pub validation_failures: Counter,
     pub apply_seconds: Histogram,
     pub quarantined: Gauge,
     pub haproxy_up: Gauge,
-    pub haproxy_restarts: Gauge,
+    pub haproxy_restarts: Counter,
+    pub haproxy_servers: Family<ServerStateLabels, Gauge>,
     pub vrrp_masters: Gauge,
+    pub peers: Family<PeerStateLabels, Gauge>,
+    pub converged: Gauge,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub peer_connections_refused: Family<ReasonLabels, Counter>,
+    pub gossip_entries_refused: Family<ReasonLabels, Counter>,
+    pub replication_seconds: Histogram,
+    pub propagation_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,12 +139,30 @@ impl Metrics {
             "Config applies by method (runtime, reload, none) and result",
             applies.clone(),
         );
-        let reloads = Family::<ResultLabels, Counter>::default();
+        let reloads = Family::<CauseLabels, Counter>::default();
         registry.register(
             "haproxy_reloads",
-            "HAProxy reloads by result",
+            "HAProxy reloads (or starts) by cause (start, registry, expiry, retry) and result",
             reloads.clone(),
         );
+        let runtime_changes = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "haproxy_runtime_changes",
+            "Server changes made through HAProxy's Runtime API, without a reload, by cause and result",
+            runtime_changes.clone(),
+        );
+        // Every label set exists from the start, at 0, so rate() and
+        // increase() see the first change.
+        for cause in crate::events::Cause::ALL {
+            for result in ["ok", "failed"] {
+                let labels = CauseLabels {
+                    cause: cause.as_str(),
+                    result,
+                };
+                reloads.get_or_create(&labels).inc_by(0);
+                runtime_changes.get_or_create(&labels).inc_by(0);
+            }
+        }
         let validation_failures = Counter::default();
         registry.register(
             "validation_failures",
@@ -102,11 +189,17 @@ impl Metrics {
             "1 when an HAProxy worker answers",
             haproxy_up.clone(),
         );
-        let haproxy_restarts = Gauge::default();
+        let haproxy_restarts = Counter::default();
         registry.register(
             "haproxy_restarts",
             "Times the supervised HAProxy died and was restarted",
             haproxy_restarts.clone(),
+        );
+        let haproxy_servers = Family::<ServerStateLabels, Gauge>::default();
+        registry.register(
+            "haproxy_servers",
+            "Servers per frontend by the state HAProxy's health checks give them (up, down, maint, drain, no_check)",
+            haproxy_servers.clone(),
         );
         let vrrp_masters = Gauge::default();
         registry.register(
@@ -114,7 +207,71 @@ impl Metrics {
             "Live peers reporting VRRP MASTER for one instance (more than 1 is split brain)",
             vrrp_masters.clone(),
         );
+        let peers = Family::<PeerStateLabels, Gauge>::default();
+        registry.register(
+            "peers",
+            "Peers this one knows of (itself included) by state: live or dead",
+            peers.clone(),
+        );
+        for state in ["live", "dead"] {
+            peers.get_or_create(&PeerStateLabels { state }).set(0);
+        }
+        let converged = Gauge::default();
+        registry.register(
+            "converged",
+            "1 when every live peer reports the same registry and config digests",
+            converged.clone(),
+        );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lag_seconds",
+            "How long this peer's HAProxy config has differed from what most live peers serve (0 when in step)",
+            lag_seconds.clone(),
+        );
+        let peer_connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "peer_connections_refused",
+            "Gossip connections refused, by reason (tls, revoked, identity, duplicate_node_id)",
+            peer_connections_refused.clone(),
+        );
+        for reason in refused_connection::ALL {
+            peer_connections_refused
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        let gossip_entries_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gossip_entries_refused",
+            "Entries gossiped by peers that this peer refused, by reason (malformed, policy, limit)",
+            gossip_entries_refused.clone(),
+        );
+        for reason in refused_entry::ALL {
+            gossip_entries_refused
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        let replication_seconds = Histogram::new(mesh_latency_buckets());
+        registry.register(
+            "replication_seconds",
+            "From accepting a write to another peer holding it",
+            replication_seconds.clone(),
+        );
+        let propagation_seconds = Histogram::new(mesh_latency_buckets());
+        registry.register(
+            "propagation_seconds",
+            "From a write accepted by another peer to this peer merging it (includes clock skew)",
+            propagation_seconds.clone(),
+        );
         Self {
+            haproxy_servers,
+            runtime_changes,
+            peers,
+            converged,
+            lag_seconds,
+            peer_connections_refused,
+            gossip_entries_refused,
+            replication_seconds,
+            propagation_seconds,
             vrrp_masters,
             registry,
             requests,
@@ -133,6 +290,35 @@ impl Metrics {
     pub fn request(&self, route: &'static str, outcome: &'static str) {
         self.requests
             .get_or_create(&RequestLabels { route, outcome })
+            .inc();
+    }
+
+    /// Sets the mesh gauges from the peer list (one row per node id, this peer included).
+    pub fn observe_peers(&self, peers: &[crate::status::PeerStatus]) {
+        let live = peers.iter().filter(|p| p.live).count();
+        self.peers
+            .get_or_create(&PeerStateLabels { state: "live" })
+            .set(live as i64);
+        self.peers
+            .get_or_create(&PeerStateLabels { state: "dead" })
+            .set((peers.len() - live) as i64);
+        self.converged
+            .set(i64::from(crate::status::converged(peers)));
+        self.vrrp_masters
+            .set(crate::mesh::vrrp_masters(peers).len() as i64);
+    }
+
+    /// Counts a refused peer connection (see [`refused_connection`]).
+    pub fn refused_connection(&self, reason: &'static str) {
+        self.peer_connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts an entry gossiped by a peer and refused (see [`refused_entry`]).
+    pub fn refused_entry(&self, reason: &'static str) {
+        self.gossip_entries_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -98,6 +98,14 @@ pub struct PeerStatus {
     pub vrrp_state: Option<String>,
 }
 
+/// Whether every live peer reports the same registry and config digests.
+pub fn converged(peers: &[PeerStatus]) -> bool {
+    let live: Vec<&PeerStatus> = peers.iter().filter(|p| p.live).collect();
+    live.windows(2).all(|w| {
+        w[0].registry_digest == w[1].registry_digest && w[0].config_digest == w[1].config_digest
+    })
+}
+
 /// Unix milliseconds as RFC 3339 (UTC, seconds).
 pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);

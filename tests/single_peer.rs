@@ -339,7 +339,7 @@ fn metrics_and_status_report_what_happened() {
         "lbmesh_http_requests_total{route=\"hook\",outcome=\"invalid_field\"} 1",
         "lbmesh_frontends 1",
         "lbmesh_servers 1",
-        "lbmesh_haproxy_reloads_total{result=\"ok\"}",
+        "lbmesh_haproxy_reloads_total{cause=\"start\",result=\"ok\"} 1",
         "lbmesh_apply_duration_seconds_count",
         "lbmesh_validation_failures_total 0",
     ] {

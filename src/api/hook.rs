@@ -10,12 +10,13 @@ use super::ApiState;
 use super::auth::authorize;
 use super::error::body_bytes;
 use super::input::{body_format, hook_command, parse_fields, wait_query};
-use super::submit::{respond, submit};
+use super::submit::{ClientIp, respond, submit};
 
 pub(super) async fn hook(
     State(st): State<ApiState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    client: ClientIp,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
@@ -28,7 +29,7 @@ pub(super) async fn hook(
         )?;
         let wait = wait_query(query.as_deref(), st.max_wait)?;
         let cmd = hook_command(&parse_fields(format, &body)?)?;
-        submit(&st, cmd, wait).await
+        submit(&st, cmd, wait, client).await
     }
     .await;
     respond(&st, "hook", result)

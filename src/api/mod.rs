@@ -32,6 +32,7 @@ pub use submit::ChangeResponse;
 
 use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::process::Haproxy;
+use crate::haproxy::stats::ServerHealth;
 use crate::keepalived::Vrrp;
 use crate::metrics::Metrics;
 use crate::secret::Token;
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub max_lag: Duration,
     /// Since when it has differed, if it does.
     pub lag_since: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Server health as HAProxy's checks last saw it.
+    pub health: watch::Receiver<Arc<ServerHealth>>,
 }
 
 /// Builds the router.

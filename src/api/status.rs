@@ -9,9 +9,7 @@ use super::ApiState;
 use super::auth::authorize;
 use crate::haproxy::apply::ApplyStatus;
 use crate::keepalived::Vrrp;
-use crate::status::{
-    ApplyReportOut, HaproxyStatus, NodeStatus, PeerStatus, RegistryStatus, VrrpStatus,
-};
+use crate::status::{ApplyReportOut, HaproxyStatus, NodeStatus, RegistryStatus, VrrpStatus};
 
 /// Whether HAProxy serves the latest registry change (not only the last one
 /// the applier picked up).
@@ -28,11 +26,8 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
     let running = st.haproxy.is_serving().await;
     let node_id = st.registry.with(|r| r.node().to_string());
     let peers = st.mesh.as_ref().map(|m| m.peers()).unwrap_or_default();
-    let live: Vec<&PeerStatus> = peers.iter().filter(|p| p.live).collect();
     let masters = crate::mesh::vrrp_masters(&peers);
-    let converged = live.windows(2).all(|w| {
-        w[0].registry_digest == w[1].registry_digest && w[0].config_digest == w[1].config_digest
-    });
+    let converged = crate::status::converged(&peers);
     NodeStatus {
         node_id,
         version: env!("CARGO_PKG_VERSION").into(),

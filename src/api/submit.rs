@@ -1,9 +1,12 @@
 //! The write path shared by the hook and `/v1`: store a command durably,
 //! optionally wait until HAProxy serves it, and answer.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -44,13 +47,45 @@ fn outcome_label(o: Outcome) -> &'static str {
     }
 }
 
+/// The address a request came from, for the event log (none when the
+/// router runs without a listener, as in unit tests).
+pub(super) struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 /// Stores a command durably and, if asked, waits until HAProxy serves it.
 pub(super) async fn submit(
     st: &ApiState,
     cmd: Command,
     wait: WaitQuery,
+    client: ClientIp,
 ) -> Result<ChangeResponse, ApiError> {
     let change = st.registry.submit(cmd).await?;
+    let lease_end = match &change.entry.op {
+        Op::Add { expires_ms, .. } if !change.entry.is_delete() => Some(*expires_ms),
+        _ => None,
+    };
+    let peer = st.registry.with(|r| r.node().to_string());
+    let lease_seconds = |now: u64| lease_end.map(|e| e.saturating_sub(now).div_ceil(1000));
+    st.registry.events().write(
+        change.outcome,
+        &change.key,
+        change.name.as_str(),
+        lease_seconds(st.registry.now_ms()),
+        &peer,
+        client.0,
+    );
     let (applied, apply_error) = match wait.wait {
         None => (None, None),
         Some(timeout) => {
@@ -58,19 +93,14 @@ pub(super) async fn submit(
             (Some(ok), err)
         }
     };
-    let now = st.registry.now_ms();
-    let expires = match &change.entry.op {
-        Op::Add { expires_ms, .. } if !change.entry.is_delete() => Some(*expires_ms),
-        _ => None,
-    };
     Ok(ChangeResponse {
         result: change.outcome,
         frontend_port: change.key.frontend,
         server: change.key.server.to_string(),
         name: change.name.to_string(),
-        lease_seconds: expires.map(|e| e.saturating_sub(now).div_ceil(1000)),
-        expires_at: expires.map(rfc3339),
-        peer: st.registry.with(|r| r.node().to_string()),
+        lease_seconds: lease_seconds(st.registry.now_ms()),
+        expires_at: lease_end.map(rfc3339),
+        peer,
         generation: change.generation,
         applied,
         apply_error,

@@ -12,6 +12,7 @@ use super::ApiState;
 use super::auth::authorize;
 use super::error::ApiError;
 use crate::haproxy::apply::ApplyStatus;
+use crate::haproxy::stats::{Health, ServerHealth};
 use crate::registry::types::parse_port;
 use crate::registry::{FrontendView, RegistryView};
 use crate::status::rfc3339;
@@ -24,6 +25,9 @@ struct ServerOut {
     expires_at: String,
     expires_in_seconds: u64,
     origin: String,
+    /// What HAProxy's health check says, once it has been read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
 }
 
 #[derive(Serialize)]
@@ -35,7 +39,13 @@ struct FrontendOut {
     quarantined: Option<String>,
 }
 
-fn frontend_out(f: &FrontendView, now: u64, apply: &ApplyStatus) -> FrontendOut {
+fn frontend_out(
+    f: &FrontendView,
+    now: u64,
+    apply: &ApplyStatus,
+    health: &ServerHealth,
+) -> FrontendOut {
+    let served = health.frontends.get(&f.port);
     FrontendOut {
         port: f.port,
         owner: f.owner.to_string(),
@@ -49,6 +59,7 @@ fn frontend_out(f: &FrontendView, now: u64, apply: &ApplyStatus) -> FrontendOut 
                 expires_at: rfc3339(s.expires_ms),
                 expires_in_seconds: s.expires_ms.saturating_sub(now) / 1000,
                 origin: s.origin.to_string(),
+                health: served.and_then(|h| h.get(addr)).copied(),
             })
             .collect(),
         quarantined: apply.quarantined.get(&f.port).cloned(),
@@ -64,10 +75,11 @@ pub(super) async fn list_frontends(State(st): State<ApiState>, headers: HeaderMa
     let now = st.registry.now_ms();
     let view: RegistryView = st.registry.view();
     let apply = st.apply.borrow().clone();
+    let health = st.health.borrow().clone();
     Json(serde_json::json!({
         "generation": view.generation,
         "digest": view.digest(),
-        "frontends": view.frontends.values().map(|f| frontend_out(f, now, &apply)).collect::<Vec<_>>(),
+        "frontends": view.frontends.values().map(|f| frontend_out(f, now, &apply, &health)).collect::<Vec<_>>(),
         "conflicts": view.conflicts,
     }))
     .into_response()
@@ -86,7 +98,12 @@ pub(super) async fn get_frontend(
             .frontends
             .get(&port)
             .ok_or_else(|| ApiError::NotFound(format!("no frontend on port {port}")))?;
-        Ok(frontend_out(f, st.registry.now_ms(), &st.apply.borrow()))
+        Ok(frontend_out(
+            f,
+            st.registry.now_ms(),
+            &st.apply.borrow(),
+            &st.health.borrow(),
+        ))
     })();
     match result {
         Ok(f) => Json(f).into_response(),

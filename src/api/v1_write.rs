@@ -14,7 +14,7 @@ use super::ApiState;
 use super::auth::authorize;
 use super::error::{ApiError, body_bytes};
 use super::input::{BodyFormat, body_format, wait_query};
-use super::submit::{respond, submit};
+use super::submit::{ClientIp, respond, submit};
 use crate::registry::types::{parse_port, parse_server_ip};
 use crate::registry::{Command, FieldError, Key, ServiceName};
 
@@ -41,6 +41,7 @@ pub(super) async fn register(
     Path((frontend, ip, port)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    client: ClientIp,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
@@ -66,7 +67,7 @@ pub(super) async fn register(
             send_proxy: b.send_proxy,
             ttl: b.ttl_seconds.map(Duration::from_secs),
         };
-        submit(&st, cmd, wait).await
+        submit(&st, cmd, wait, client).await
     }
     .await;
     respond(&st, "v1_register", result)
@@ -77,6 +78,7 @@ pub(super) async fn deregister(
     Path((frontend, ip, port)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    client: ClientIp,
 ) -> Response {
     let result = async {
         authorize(&st, &headers)?;
@@ -90,7 +92,7 @@ pub(super) async fn deregister(
             .map(|(_, v)| v.as_str())
             .ok_or_else(|| FieldError::new("name", "is required as a query parameter"))?;
         let name = ServiceName::parse_field("name", name)?;
-        submit(&st, Command::Delete { key, name }, wait).await
+        submit(&st, Command::Delete { key, name }, wait, client).await
     }
     .await;
     respond(&st, "v1_delete", result)

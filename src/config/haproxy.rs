@@ -31,6 +31,7 @@ pub struct HaproxyFile {
     pub runtime_socket: Option<PathBuf>,
     pub master_socket: Option<PathBuf>,
     pub health_socket: Option<PathBuf>,
+    pub log_socket: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub hard_stop_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -112,6 +113,11 @@ pub(super) fn resolve(
     check_socket_path("haproxy.runtime-socket", &runtime_socket)?;
     check_socket_path("haproxy.master-socket", &master_socket)?;
     check_socket_path("haproxy.health-socket", &health_socket)?;
+    let log_socket = paths.abs(
+        h.log_socket
+            .unwrap_or_else(|| data_dir.join("haproxy-log.sock")),
+    );
+    check_socket_path("haproxy.log-socket", &log_socket)?;
     let check_fall = h.check_fall.unwrap_or(d.check_fall);
     let check_rise = h.check_rise.unwrap_or(d.check_rise);
     for (key, v) in [
@@ -134,6 +140,7 @@ pub(super) fn resolve(
         bind_address: bind_address.unwrap_or(d.bind_address),
         runtime_socket,
         health_socket,
+        log_socket: Some(log_socket),
         hard_stop_after: positive(
             "haproxy.hard-stop-after",
             h.hard_stop_after.unwrap_or(d.hard_stop_after),

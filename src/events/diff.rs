@@ -3,51 +3,72 @@
 
 use std::collections::BTreeMap;
 
-use super::EventKind;
+use super::{EventKind, Events};
 use crate::status::PeerStatus;
 
-/// Peers that joined, died, came back or were forgotten between two peer
-/// lists (one row per node id), leaving out `me`.
-pub fn peers(me: &str, old: &[PeerStatus], new: &[PeerStatus]) -> Vec<EventKind> {
-    let old: BTreeMap<&str, &PeerStatus> = old.iter().map(|p| (p.node_id.as_str(), p)).collect();
-    let new_by: BTreeMap<&str, &PeerStatus> = new.iter().map(|p| (p.node_id.as_str(), p)).collect();
-    let mut out = Vec::new();
-    for (id, n) in &new_by {
-        if *id == me {
-            continue;
+/// What the mesh looked like at the last look: turns each new peer list
+/// into events. Owned by the task that computes the peer list.
+#[derive(Debug, Default)]
+pub struct MeshWatch {
+    last: Vec<PeerStatus>,
+    /// Peers seen live, with the incarnation they were last seen live in.
+    seen_live: BTreeMap<String, u64>,
+}
+
+impl MeshWatch {
+    /// Emits what changed since the last call: peers joining, dying, coming
+    /// back or forgotten, and the floating IP moving.
+    pub fn update(&mut self, events: &Events, me: &str, new: &[PeerStatus]) {
+        let masters = crate::mesh::vrrp_masters;
+        let vip = vip(&masters(&self.last), &masters(new));
+        for e in self.peers(me, new).into_iter().chain(vip) {
+            events.emit(e);
         }
-        match old.get(id) {
-            None if n.live => out.push(EventKind::PeerJoined {
-                peer: n.node_id.clone(),
-                incarnation: n.generation,
-                gossip_addr: n.gossip_addr.clone(),
-            }),
-            None => {}
-            Some(o) => {
-                let restarted = n.generation != o.generation;
-                if o.live && !n.live {
-                    out.push(EventKind::PeerDead {
-                        peer: n.node_id.clone(),
-                        incarnation: n.generation,
-                    });
-                } else if n.live && (!o.live || restarted) {
+        self.last = new.to_vec();
+    }
+
+    /// The peer events between the last list and `new` (one row per node
+    /// id), leaving out `me`.
+    pub fn peers(&mut self, me: &str, new: &[PeerStatus]) -> Vec<EventKind> {
+        let old: BTreeMap<&str, &PeerStatus> =
+            self.last.iter().map(|p| (p.node_id.as_str(), p)).collect();
+        let mut out = Vec::new();
+        for n in new.iter().filter(|n| n.node_id != me) {
+            let was_live = old.get(n.node_id.as_str()).is_some_and(|o| o.live);
+            let seen = self.seen_live.get(&n.node_id).copied();
+            if n.live {
+                self.seen_live.insert(n.node_id.clone(), n.generation);
+            }
+            match (was_live, n.live, seen) {
+                (false, true, None) => out.push(EventKind::PeerJoined {
+                    peer: n.node_id.clone(),
+                    incarnation: n.generation,
+                    gossip_addr: n.gossip_addr.clone(),
+                }),
+                (true, false, _) => out.push(EventKind::PeerDead {
+                    peer: n.node_id.clone(),
+                    incarnation: n.generation,
+                }),
+                (was_live, true, Some(before)) if !was_live || before != n.generation => {
                     out.push(EventKind::PeerBack {
                         peer: n.node_id.clone(),
                         incarnation: n.generation,
-                        restarted,
-                    });
+                        restarted: before != n.generation,
+                    })
                 }
+                _ => {}
             }
         }
-    }
-    for id in old.keys() {
-        if *id != me && !new_by.contains_key(id) {
-            out.push(EventKind::PeerForgotten {
-                peer: (*id).to_owned(),
-            });
+        for id in old.keys() {
+            if *id != me && !new.iter().any(|n| n.node_id == *id) {
+                self.seen_live.remove(*id);
+                out.push(EventKind::PeerForgotten {
+                    peer: (*id).to_owned(),
+                });
+            }
         }
+        out
     }
-    out
 }
 
 /// Who holds the floating IP, before and after: a move, or a split brain
@@ -111,59 +132,57 @@ mod tests {
 
     #[test]
     fn peer_transitions() {
+        let joined = |id: &str, inc| EventKind::PeerJoined {
+            peer: id.into(),
+            incarnation: inc,
+            gossip_addr: "198.18.0.1:7946".into(),
+        };
+        let dead = |id: &str, inc| EventKind::PeerDead {
+            peer: id.into(),
+            incarnation: inc,
+        };
+        let back = |id: &str, inc, restarted| EventKind::PeerBack {
+            peer: id.into(),
+            incarnation: inc,
+            restarted,
+        };
         let me = peer("me", true, 1);
-        let table: Vec<(Vec<PeerStatus>, Vec<PeerStatus>, Vec<EventKind>)> = vec![
-            // Seeing myself is no news.
-            (vec![], vec![me.clone()], vec![]),
+        // Each step: the new peer list, and the events it makes.
+        let steps: Vec<(Vec<PeerStatus>, Vec<EventKind>)> = vec![
+            // Seeing myself is no news; a seed known before it answers is no news.
+            (vec![me.clone(), peer("b", false, 5)], vec![]),
+            // Its first time live: joined, not back.
+            (vec![me.clone(), peer("b", true, 5)], vec![joined("b", 5)]),
+            (vec![me.clone(), peer("b", true, 5)], vec![]),
+            (vec![me.clone(), peer("b", false, 5)], vec![dead("b", 5)]),
             (
-                vec![me.clone()],
                 vec![me.clone(), peer("b", true, 5)],
-                vec![EventKind::PeerJoined {
-                    peer: "b".into(),
-                    incarnation: 5,
-                    gossip_addr: "198.18.0.1:7946".into(),
-                }],
-            ),
-            // Learning of a peer that is already dead says nothing.
-            (vec![], vec![peer("b", false, 5)], vec![]),
-            (
-                vec![peer("b", true, 5)],
-                vec![peer("b", false, 5)],
-                vec![EventKind::PeerDead {
-                    peer: "b".into(),
-                    incarnation: 5,
-                }],
-            ),
-            (
-                vec![peer("b", false, 5)],
-                vec![peer("b", true, 5)],
-                vec![EventKind::PeerBack {
-                    peer: "b".into(),
-                    incarnation: 5,
-                    restarted: false,
-                }],
+                vec![back("b", 5, false)],
             ),
             // Restarted faster than it could be seen dead.
             (
-                vec![peer("b", true, 5)],
-                vec![peer("b", true, 9)],
-                vec![EventKind::PeerBack {
-                    peer: "b".into(),
-                    incarnation: 9,
-                    restarted: true,
-                }],
+                vec![me.clone(), peer("b", true, 9)],
+                vec![back("b", 9, true)],
             ),
-            // A dead restart is not back yet.
-            (vec![peer("b", false, 5)], vec![peer("b", false, 9)], vec![]),
+            (vec![me.clone(), peer("b", false, 9)], vec![dead("b", 9)]),
+            // A new incarnation known before it is live: back once live.
+            (vec![me.clone(), peer("b", false, 12)], vec![]),
             (
-                vec![peer("b", false, 5)],
-                vec![],
+                vec![me.clone(), peer("b", true, 12)],
+                vec![back("b", 12, true)],
+            ),
+            (vec![me.clone(), peer("b", false, 12)], vec![dead("b", 12)]),
+            (
+                vec![me.clone()],
                 vec![EventKind::PeerForgotten { peer: "b".into() }],
             ),
-            (vec![peer("b", true, 5)], vec![peer("b", true, 5)], vec![]),
+            // Forgotten, then live again: a new member.
+            (vec![me.clone(), peer("b", true, 20)], vec![joined("b", 20)]),
         ];
-        for (old, new, want) in table {
-            assert_eq!(peers("me", &old, &new), want, "{old:?} -> {new:?}");
+        let mut w = MeshWatch::default();
+        for (i, (new, want)) in steps.into_iter().enumerate() {
+            assert_eq!(w.peers("me", &new), want, "step {i}");
+            w.last = new;
         }
     }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::registry::{Key, Outcome};
+use crate::shared::SharedRegistry;
 
 /// The tracing target of every event line.
 pub const TARGET: &str = "lbmesh::events";
@@ -118,8 +119,11 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// The supervised HAProxy exited and is being restarted.
-    HaproxyExited { status: String },
+    /// The supervised HAProxy died and was restarted.
+    HaproxyRestarted {
+        /// Restarts since lbmesh started.
+        restarts: u64,
+    },
 }
 
 /// Why HAProxy's config changed.
@@ -189,7 +193,7 @@ impl EventKind {
             EventKind::PeerDead { .. } => Level::Warn,
             EventKind::SplitBrain { .. }
             | EventKind::Quarantined { .. }
-            | EventKind::HaproxyExited { .. } => Level::Error,
+            | EventKind::HaproxyRestarted { .. } => Level::Error,
         }
     }
 
@@ -214,7 +218,7 @@ impl EventKind {
             EventKind::Reload { ok: false, .. } => "HAProxy reload failed",
             EventKind::RuntimeChange { ok: true, .. } => "servers changed through the Runtime API",
             EventKind::RuntimeChange { ok: false, .. } => "Runtime API change failed",
-            EventKind::HaproxyExited { .. } => "HAProxy exited; restarting it",
+            EventKind::HaproxyRestarted { .. } => "HAProxy died and was restarted",
         }
     }
 }
@@ -348,10 +352,33 @@ impl Events {
             .last_seq
     }
 
+    /// The time on the event log's clock (Unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
     /// How many events are kept.
     pub fn capacity(&self) -> usize {
         self.inner.capacity
     }
+}
+
+/// Emits a `lease_expired` event for every lease that ended after
+/// `*after_ms`, then moves `*after_ms` to now. Call every second or so.
+pub fn note_lease_ends(registry: &SharedRegistry, after_ms: &mut u64) {
+    let now = registry.now_ms();
+    if now <= *after_ms {
+        return;
+    }
+    for (key, name, origin) in registry.with(|r| r.leases_ended(*after_ms, now)) {
+        registry.events().emit(EventKind::LeaseExpired {
+            frontend: key.frontend,
+            server: key.server,
+            name: name.to_string(),
+            peer: origin.node.to_string(),
+        });
+    }
+    *after_ms = now;
 }
 
 /// Writes the event's log line: the message, `event=` and one field per value.
@@ -448,8 +475,8 @@ fn log_line(kind: &EventKind, level: Level) {
             error,
             "{msg}"
         ),
-        EventKind::HaproxyExited { status } => {
-            at_level!(level, event = "haproxy_exited", %status, "{msg}")
+        EventKind::HaproxyRestarted { restarts } => {
+            at_level!(level, event = "haproxy_restarted", restarts, "{msg}")
         }
     }
 }

@@ -19,7 +19,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::process::{Haproxy, ProcessError, validate};
 use super::render::{RenderSettings, Rendered, digest_of, plan, render};
 use super::runtime;
-use crate::metrics::{ApplyLabels, Metrics, ResultLabels};
+use crate::events::{Cause, EventKind};
+use crate::metrics::{ApplyLabels, CauseLabels, Metrics};
 use crate::registry::RegistryView;
 use crate::shared::SharedRegistry;
 use crate::store::write_atomic;
@@ -118,6 +119,8 @@ pub struct Applier {
     running: Option<Rendered>,
     quarantine: BTreeMap<u16, String>,
     last_reload: Option<Instant>,
+    /// Why the current apply runs, for events and metrics.
+    cause: Cause,
 }
 
 impl Applier {
@@ -140,6 +143,7 @@ impl Applier {
                 running: None,
                 quarantine: BTreeMap::new(),
                 last_reload: None,
+                cause: Cause::Start,
             },
             rx,
         )
@@ -149,15 +153,23 @@ impl Applier {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.registry.subscribe();
         let mut wake_at = Instant::now();
+        let mut wake_for_expiry = false;
+        let mut first = true;
         loop {
-            tokio::select! {
+            let woke = tokio::select! {
                 r = changes.changed() => {
                     if r.is_err() { break; }
                     sleep(self.timing.coalesce).await;
+                    Cause::Registry
                 }
-                () = sleep_until(wake_at) => {}
+                () = sleep_until(wake_at) => if wake_for_expiry { Cause::Expiry } else { Cause::Retry },
                 () = crate::shutdown::signalled(&mut shutdown) => break,
-            }
+            };
+            self.cause = if std::mem::take(&mut first) {
+                Cause::Start
+            } else {
+                woke
+            };
             changes.mark_unchanged();
             let view = self.registry.view();
             // A reload can wait seconds for HAProxy; shutdown must not.
@@ -174,10 +186,14 @@ impl Applier {
                 self.timing.retry.min(Duration::from_secs(1))
             };
             wake_at = Instant::now() + retry;
+            wake_for_expiry = false;
             if let Some(ms) = next_expiry {
                 let now = self.registry.now_ms();
-                wake_at =
-                    wake_at.min(Instant::now() + Duration::from_millis(ms.saturating_sub(now)));
+                let expiry = Instant::now() + Duration::from_millis(ms.saturating_sub(now));
+                if expiry < wake_at {
+                    wake_at = expiry;
+                    wake_for_expiry = true;
+                }
             }
         }
     }
@@ -188,9 +204,6 @@ impl Applier {
         let started = Instant::now();
         let haproxy_up = self.haproxy.is_serving().await;
         self.metrics.haproxy_up.set(haproxy_up as i64);
-        self.metrics
-            .haproxy_restarts
-            .set(self.haproxy.state().restarts() as i64);
         self.release_quarantine(&view);
         let mut target = render(&view, &self.excluded(), &self.settings);
         if !haproxy_up && self.running.is_some() && self.haproxy.is_supervised() {
@@ -222,7 +235,13 @@ impl Applier {
                         return view.next_expiry_ms;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Runtime API update failed; reloading instead")
+                        self.count_change(Method::Runtime, false);
+                        self.registry.events().emit(EventKind::RuntimeChange {
+                            cause: self.cause,
+                            ok: false,
+                            duration_ms: started.elapsed().as_millis() as u64,
+                            error: Some(format!("{e}; reloading instead")),
+                        });
                     }
                 }
             }
@@ -276,7 +295,6 @@ impl Applier {
                 continue;
             }
             if let Err(why) = probe_bind(self.settings.bind_address, *port) {
-                tracing::error!(port, %why, "frontend cannot bind; quarantined until it can");
                 self.quarantine.insert(*port, why);
                 any = true;
             }
@@ -328,10 +346,7 @@ impl Applier {
             self.last_reload = Some(Instant::now());
             match self.haproxy.reload().await {
                 Ok(()) => {
-                    self.metrics
-                        .reloads
-                        .get_or_create(&ResultLabels { result: "ok" })
-                        .inc();
+                    self.count_change(Method::Reload, true);
                     let mut s = self.status.borrow().clone();
                     s.reloads += 1;
                     self.status.send_replace(s);
@@ -339,11 +354,7 @@ impl Applier {
                     return Ok(());
                 }
                 Err(e) => {
-                    self.metrics
-                        .reloads
-                        .get_or_create(&ResultLabels { result: "failed" })
-                        .inc();
-                    tracing::error!(error = %e, "HAProxy reload failed");
+                    self.count_change(Method::Reload, false);
                     // Put the last good config back so a restart serves it.
                     if let (Some(prev), false) = (previous, first) {
                         let _ = write_atomic(&config, &prev);
@@ -399,13 +410,27 @@ impl Applier {
                     .find(|l| l.contains("ALERT"))
                     .unwrap_or("rejected by haproxy -c")
                     .to_owned();
-                tracing::error!(port, %why, "frontend makes the config invalid; quarantined");
                 self.quarantine.insert(port, why);
                 culprits.push(port);
             }
         }
         let _ = std::fs::remove_file(&probe);
         culprits
+    }
+
+    /// Counts a reload or Runtime API change by its cause and result.
+    fn count_change(&self, method: Method, ok: bool) {
+        let family = match method {
+            Method::Reload => &self.metrics.reloads,
+            Method::Runtime => &self.metrics.runtime_changes,
+            Method::None => return,
+        };
+        family
+            .get_or_create(&CauseLabels {
+                cause: self.cause.as_str(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     fn publish(
@@ -428,17 +453,34 @@ impl Applier {
         if method != Method::None {
             self.metrics.apply_seconds.observe(elapsed.as_secs_f64());
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "apply failed");
-        } else if method != Method::None {
-            tracing::info!(
-                method = method.label(),
-                ms = elapsed.as_millis() as u64,
-                servers = view.server_count(),
-                "applied"
-            );
+        let duration_ms = elapsed.as_millis() as u64;
+        let (cause, error) = (self.cause, result.as_ref().err().cloned());
+        match method {
+            Method::Reload => self.registry.events().emit(EventKind::Reload {
+                cause,
+                ok,
+                duration_ms,
+                error,
+            }),
+            Method::Runtime => {
+                self.count_change(Method::Runtime, ok);
+                self.registry.events().emit(EventKind::RuntimeChange {
+                    cause,
+                    ok,
+                    duration_ms,
+                    error,
+                });
+            }
+            Method::None => {
+                if let Some(e) = error {
+                    tracing::error!(error = %e, "apply failed");
+                }
+            }
         }
         let mut s = self.status.borrow().clone();
+        for event in crate::events::diff::quarantine(&s.quarantined, &self.quarantine) {
+            self.registry.events().emit(event);
+        }
         s.config_generation = view.config_generation;
         s.registry_digest = view.digest();
         s.config_digest = self.running.as_ref().map(|r| r.digest.clone());

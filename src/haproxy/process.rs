@@ -335,30 +335,12 @@ impl Haproxy {
                 error,
             })?;
         if let Some(stderr) = child.stderr.take() {
+            let master = child.id();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    // HAProxy reports routine events (a reload's old worker
-                    // stopping, a server coming up) as warnings too.
-                    let routine = [
-                        "stopped (cumulated",
-                        "exited with code 0",
-                        "(Terminated)",
-                        "Exiting Master process",
-                        "All workers exited",
-                        "is UP",
-                        "Paused",
-                        "Resumed",
-                    ]
-                    .iter()
-                    .any(|r| line.contains(r));
-                    if line.contains("[ALERT]") && !routine {
-                        tracing::error!(target: "haproxy", "{line}");
-                    } else if line.contains("[WARNING]") && !routine {
-                        tracing::warn!(target: "haproxy", "{line}");
-                    } else {
-                        tracing::info!(target: "haproxy", "{line}");
-                    }
+                    let line = super::log::parse_stderr(&line);
+                    super::log::emit(super::log::stderr_level(&line, master), &line.text);
                 }
             });
         }

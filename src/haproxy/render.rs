@@ -31,6 +31,8 @@ pub struct RenderSettings {
     pub runtime_socket: PathBuf,
     /// A unix socket answering HTTP 200 while a worker runs; health checks use it.
     pub health_socket: PathBuf,
+    /// lbmesh's log socket: HAProxy's notices, warnings and alerts go there.
+    pub log_socket: Option<PathBuf>,
     pub hard_stop_after: Duration,
     /// Old workers are killed after this many reloads, however busy.
     pub max_reloads: u32,
@@ -50,6 +52,7 @@ impl RenderSettings {
             bind_address: IpAddr::from([127, 0, 0, 1]),
             runtime_socket: dir.join("haproxy.sock"),
             health_socket: dir.join("haproxy-health.sock"),
+            log_socket: None,
             hard_stop_after: Duration::from_secs(300),
             max_reloads: 50,
             check_interval: Duration::from_secs(2),
@@ -229,6 +232,19 @@ pub fn render_backends(
     } else {
         ""
     };
+    // Server state changes and proxy errors, not one line per connection
+    // (those are at info, below `notice`).
+    let (log, log_global) = match &s.log_socket {
+        Some(path) => (
+            format!(
+                "    log \"{}\" len {} format short local0 notice\n",
+                path.display(),
+                super::log::MAX_MESSAGE
+            ),
+            "    log global\n",
+        ),
+        None => (String::new(), ""),
+    };
     // Writing to a String cannot fail; the results are ignored on purpose.
     let _ = write!(
         t,
@@ -238,9 +254,11 @@ pub fn render_backends(
          \x20   stats timeout 30s\n\
          \x20   hard-stop-after {hard_stop}\n\
          \x20   mworker-max-reloads {max_reloads}\n\
+         {log}\
          \n\
          defaults\n\
          \x20   mode tcp\n\
+         {log_global}\
          \x20   timeout connect {tc}\n\
          \x20   timeout client {tcl}\n\
          \x20   timeout server {ts}\n\

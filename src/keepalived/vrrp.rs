@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::{Hooks, Notification, VrrpState};
+use crate::events::{EventKind, Events};
 
 /// This peer's VRRP state, as last reported, shared with the mesh.
 #[derive(Clone)]
@@ -16,11 +17,12 @@ pub struct Vrrp {
     /// Hooks run one at a time, in the order of the transitions: a BACKUP
     /// hook releasing an address must finish before the MASTER hook claims it.
     queue: tokio::sync::mpsc::UnboundedSender<(String, Vec<String>, VrrpState, String)>,
+    events: Events,
 }
 
 impl Vrrp {
     /// Call within a tokio runtime: hooks run on a task of their own.
-    pub fn new(hooks: Hooks) -> (Vrrp, watch::Receiver<Option<String>>) {
+    pub fn new(hooks: Hooks, events: Events) -> (Vrrp, watch::Receiver<Option<String>>) {
         let (published, rx) = watch::channel(None);
         let (queue, mut jobs) =
             tokio::sync::mpsc::unbounded_channel::<(String, Vec<String>, VrrpState, String)>();
@@ -35,6 +37,7 @@ impl Vrrp {
                 published,
                 hooks: Arc::new(hooks),
                 queue,
+                events,
             },
             rx,
         )
@@ -54,7 +57,15 @@ impl Vrrp {
             cur.replace(n.clone())
         };
         let changed = previous.as_ref().is_none_or(|p| p.state != n.state);
-        tracing::info!(instance = %n.name, state = %n.state, priority = ?n.priority, "VRRP state reported by keepalived");
+        if changed {
+            self.events.emit(EventKind::VrrpState {
+                instance: n.name.clone(),
+                state: n.state.to_string(),
+                previous: previous.map(|p| p.state.to_string()),
+            });
+        } else {
+            tracing::debug!(instance = %n.name, state = %n.state, priority = ?n.priority, "VRRP state reported again by keepalived");
+        }
         self.published
             .send_replace(Some(format!("{} {}", n.state, n.name)));
         if changed {

@@ -262,8 +262,8 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
         metrics,
     } = task;
     let mut seen: HashMap<ChitchatId, Seen> = HashMap::new();
-    let mut split_brain = false;
     let mut bad_nodes: HashSet<ChitchatId> = HashSet::new();
+    let mut mesh_events = crate::events::diff::MeshWatch::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -296,6 +296,9 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     .filter(|n| *n != origin.node)
                 {
                     if bad_nodes.insert(id.clone()) {
+                        if let Some(m) = &metrics {
+                            m.refused_connection(crate::metrics::refused_connection::IDENTITY);
+                        }
                         tracing::warn!(
                             addr = %id.gossip_advertise_addr,
                             certificate = %certified,
@@ -330,6 +333,9 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     let key = match codec::decode_key(rest) {
                         Ok(key) => key,
                         Err(e) => {
+                            if let Some(m) = &metrics {
+                                m.refused_entry(crate::metrics::refused_entry::MALFORMED);
+                            }
                             tracing::warn!(peer = %origin, error = %e, "ignoring a gossiped entry");
                             continue;
                         }
@@ -341,6 +347,9 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     match codec::decode_value(&vv.value) {
                         Ok(entry) => changes.push((key, origin.clone(), Some(entry))),
                         Err(e) => {
+                            if let Some(m) = &metrics {
+                                m.refused_entry(crate::metrics::refused_entry::MALFORMED);
+                            }
                             tracing::warn!(peer = %origin, error = %e, "ignoring a gossiped entry")
                         }
                     }
@@ -378,21 +387,23 @@ async fn sync(task: Sync, mut shutdown: watch::Receiver<bool>) {
                 .collect();
             peer_statuses(&trusted, &live)
         };
-        let masters = vrrp_masters(&statuses);
         if let Some(m) = &metrics {
-            m.vrrp_masters.set(masters.len() as i64);
+            m.observe_peers(&statuses);
         }
-        if (masters.len() > 1) != split_brain {
-            split_brain = masters.len() > 1;
-            if split_brain {
-                tracing::error!(masters = ?masters, "two or more live peers hold the VIP (VRRP MASTER): split brain");
-            } else {
-                tracing::info!("split brain over: at most one VRRP MASTER");
-            }
-        }
+        mesh_events.update(registry.events(), &me.node_id, &statuses);
         peers.store(Arc::new(statuses));
         if !changes.is_empty() {
             let now = registry.now_ms();
+            if let Some(m) = &metrics {
+                // Writes made since this peer started: older ones are catch-up, not propagation.
+                for (_, _, entry) in &changes {
+                    let written = entry.as_ref().map_or(0, |e| e.stamp.wall_ms());
+                    if written >= me.generation_id {
+                        let ms = now.saturating_sub(written);
+                        m.propagation_seconds.observe(ms as f64 / 1000.0);
+                    }
+                }
+            }
             let config_changed = registry.with(|r| {
                 let mut any = false;
                 for (key, origin, entry) in changes {

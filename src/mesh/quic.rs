@@ -67,10 +67,15 @@ impl Identities {
 #[derive(Default)]
 struct RefusalLog {
     last: Mutex<HashMap<(IpAddr, String), Instant>>,
+    /// Counts every refusal, logged or not.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl RefusalLog {
     fn refused(&self, remote: SocketAddr, why: &str) {
+        if let Some(m) = &self.metrics {
+            m.refused_connection(crate::metrics::refused_connection::TLS);
+        }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if last.len() > 10_000 {
@@ -206,6 +211,17 @@ impl QuicTransport {
             liveness: Liveness::for_gossip_interval(gossip_interval),
             identities: Arc::default(),
             refusals: Arc::default(),
+        }
+    }
+
+    /// Counts refused connections in `lbmesh_peer_connections_refused_total`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            refusals: Arc::new(RefusalLog {
+                metrics: Some(metrics),
+                ..RefusalLog::default()
+            }),
+            ..self
         }
     }
 

@@ -612,6 +612,26 @@ impl Registry {
         }
     }
 
+    /// Servers whose lease ended in `(after_ms, upto_ms]` with nothing newer
+    /// for them: the servers that left the view by expiry in that window,
+    /// with their name and the peer that accepted their last write.
+    pub fn leases_ended(&self, after_ms: u64, upto_ms: u64) -> Vec<(Key, ServiceName, Origin)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, ke)| {
+                let p = ke.winner.as_ref()?;
+                match &ke.by_peer[p].op {
+                    Op::Add {
+                        name, expires_ms, ..
+                    } if *expires_ms > after_ms && *expires_ms <= upto_ms => {
+                        Some((*k, name.clone(), p.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// This peer's own entries: what it persists and publishes.
     pub fn own_entries(&self) -> impl Iterator<Item = (&Key, &Entry)> {
         self.keys

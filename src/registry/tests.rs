@@ -139,10 +139,26 @@ fn leases_expire() {
     assert_eq!(v.next_expiry_ms, Some(T0 + 60_000));
     let v = r.view(T0 + 60_000);
     assert_eq!(v.frontends.keys().copied().collect::<Vec<_>>(), vec![8443]);
+    // The lease end is reported once, in the window that holds it.
+    assert!(r.leases_ended(T0, T0 + 59_999).is_empty());
+    let origin = r.origin().clone();
+    assert_eq!(
+        r.leases_ended(T0 + 59_999, T0 + 60_000),
+        vec![(
+            key(443, "203.0.113.7:30443"),
+            "traefik".parse().unwrap(),
+            origin
+        )]
+    );
+    assert!(r.leases_ended(T0 + 60_000, T0 + 61_000).is_empty());
     // Garbage collection forgets the expired lease without changing the view.
     assert_eq!(r.collect_garbage(T0 + 60_000).len(), 1);
     assert_eq!(r.view(T0 + 60_000).frontends, v.frontends);
     r.check_invariants().unwrap();
+    // A deleted server does not expire.
+    r.apply(del(8443, "203.0.113.7:30843", "mqtt"), T0 + 61_000)
+        .unwrap();
+    assert!(r.leases_ended(T0, u64::MAX).is_empty());
 }
 
 #[test]

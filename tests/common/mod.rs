@@ -74,6 +74,8 @@ pub struct Daemon {
     pub token: String,
     pub config: String,
     pub extra_args: Vec<String>,
+    /// Extra environment of the process (e.g. `LBMESH_LOG_FORMAT`).
+    pub env: Vec<(String, String)>,
     /// "http" or "https".
     pub scheme: String,
     child: Option<Child>,
@@ -95,6 +97,8 @@ pub struct DaemonOpts {
     pub token_file: Option<PathBuf>,
     /// Keys of the `[mesh]` table.
     pub mesh: String,
+    /// Extra environment of the process; `LBMESH_LOG` here replaces the default.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOpts {
@@ -109,6 +113,7 @@ impl Default for DaemonOpts {
             seeds: Vec::new(),
             token_file: None,
             mesh: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -185,6 +190,7 @@ impl Daemon {
             token: String::new(),
             config,
             extra_args: opts.extra_args,
+            env: opts.env,
             scheme: opts.scheme.into(),
             child: None,
         };
@@ -215,6 +221,7 @@ impl Daemon {
             .arg(self.config_path())
             .args(&self.extra_args)
             .env("LBMESH_LOG", "info,lbmesh=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
