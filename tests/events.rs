@@ -225,15 +225,14 @@ fn peers_and_the_floating_ip_are_events() {
     // keepalived makes lb2 MASTER: lb2 logs its transition, lb1 sees the VIP move.
     let notify = |i: usize, state: &str| {
         let p = &m.peers[i];
-        let out = sh(
+        sh(
             &format!(
                 "{BIN} keepalived notify --api {} --token-file {} INSTANCE VI_LBMESH {state}",
                 p.url(""),
                 p.token_file.display()
             ),
             &[],
-        );
-        out
+        )
     };
     notify(1, "MASTER");
     let t = wait_event(&m.peers[1], "lb2's VRRP transition", |e| {
