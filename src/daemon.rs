@@ -255,10 +255,9 @@ pub async fn run(
         max_body_bytes: settings.api.max_body_bytes,
         max_wait: settings.api.max_wait,
         started,
-        mesh: Some(mesh.status()),
+        mesh: mesh.view(),
         vrrp: Some(vrrp),
         max_lag: settings.keepalived.max_lag,
-        lag_since: Arc::default(),
         health: health_rx,
     };
     let server = tokio::spawn(api::serve(

@@ -305,7 +305,7 @@ impl Metrics {
         self.converged
             .set(i64::from(crate::status::converged(peers)));
         self.vrrp_masters
-            .set(crate::mesh::vrrp_masters(peers).len() as i64);
+            .set(crate::mesh::snapshot::vip_holders(peers).len() as i64);
     }
 
     /// Counts a refused peer connection (see [`refused_connection`]).

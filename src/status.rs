@@ -22,6 +22,9 @@ pub struct NodeStatus {
     /// Whether every live peer reports the same registry and config digests.
     #[serde(default)]
     pub converged: bool,
+    /// The mesh as the mesh task computed it: convergence, lag, catching up.
+    #[serde(default)]
+    pub mesh: crate::mesh::MeshState,
 }
 
 /// Who holds the floating IP, as keepalived reports it through the mesh.
@@ -86,7 +89,7 @@ impl From<&ApplyReport> for ApplyReportOut {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub node_id: String,
     pub live: bool,

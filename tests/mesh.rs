@@ -75,9 +75,25 @@ fn a_registration_at_one_peer_is_served_by_all_and_survives_crashes_deletes_and_
         assert!(m.peers[i].stop().success());
     }
     // The crashed peer's HAProxy is still running; restarting adopts it.
+    // The whole mesh starts together, as after a power cut.
     for p in m.peers.iter_mut() {
-        p.spawn();
+        p.spawn_process();
     }
+    for p in &m.peers {
+        p.wait_healthy();
+    }
+    // Nobody had caught up: the first did with the whole mesh, the others
+    // with it or likewise; none waited to be alone.
+    let how: Vec<String> = m
+        .peers
+        .iter()
+        .map(|p| p.status()["mesh"]["caught_up_by"]["by"].to_string())
+        .collect();
+    assert!(how.iter().any(|h| h == "\"whole-mesh\""), "{how:?}");
+    assert!(
+        how.iter().all(|h| h == "\"whole-mesh\"" || h == "\"peer\""),
+        "{how:?}"
+    );
     m.converged(&[0, 1, 2]);
     for p in &m.peers {
         let got = eventually(Duration::from_secs(10), "traffic after the restart", || {
@@ -207,4 +223,143 @@ fn a_restarted_peer_rejoins_at_once_on_quic() {
 #[test]
 fn a_restarted_peer_rejoins_at_once_on_udp() {
     a_restarted_peer_rejoins_at_once("udp");
+}
+
+/// `lbmesh keepalived check` against one peer: (passed, what it printed).
+fn keepalived_check(d: &Daemon) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["keepalived", "check", "--api", &d.url("")])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn servers(d: &Daemon) -> u64 {
+    d.status()["registry"]["servers"].as_u64().unwrap()
+}
+
+#[test]
+fn a_peer_that_lost_its_disk_fails_the_check_until_it_holds_what_the_mesh_holds() {
+    let mut m = mesh_of(3, "quic");
+    m.converged(&[0, 1, 2]);
+    let port = free_port("127.0.0.1");
+    let a = Backend::start("nodeport-a");
+    let b = Backend::start("nodeport-b");
+    m.peers[0].add("traefik", port, a.addr);
+    m.peers[2].add("traefik", port, b.addr);
+    m.converged(&[0, 1, 2]);
+
+    // Peer 2 dies with its disk (and its HAProxy); the others freeze, so
+    // it starts again among peers it cannot hear yet.
+    let haproxy = m.peers[1].haproxy_master_pid();
+    m.peers[1].crash();
+    if let Some(pid) = haproxy {
+        signal(pid, "KILL");
+    }
+    std::fs::remove_dir_all(&m.peers[1].data_dir).unwrap();
+    let frozen = [m.peers[0].pid(), m.peers[2].pid()];
+    for pid in frozen {
+        signal(pid, "STOP");
+    }
+    m.peers[1].spawn_process();
+    let api_up = eventually(
+        Duration::from_secs(20),
+        "the API of the restarted peer",
+        || (m.peers[1].get("/healthz").0 != 0).then(Instant::now),
+    );
+    // keepalived asks every second; for three seconds it hears no.
+    while api_up.elapsed() < Duration::from_secs(3) {
+        let (ok, out) = keepalived_check(&m.peers[1]);
+        assert!(!ok, "a peer holding nothing passed the check: {out}");
+        assert!(out.contains("has not caught up with the mesh"), "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(servers(&m.peers[1]), 0, "the peers were frozen");
+
+    for pid in frozen {
+        signal(pid, "CONT");
+    }
+    // The moment it passes, it holds every server the mesh holds.
+    eventually(Duration::from_secs(20), "the check to pass", || {
+        keepalived_check(&m.peers[1]).0.then_some(())
+    });
+    assert_eq!(servers(&m.peers[1]), 2, "{}", m.peers[1].status());
+    let s = m.peers[1].status();
+    assert_eq!(s["mesh"]["caught_up"], true, "{s}");
+    assert_eq!(s["mesh"]["caught_up_by"]["by"], "peer", "{s}");
+}
+
+#[test]
+fn a_single_peer_whose_only_seed_is_itself_is_not_held_back() {
+    let m = mesh_of(1, "quic");
+    let s = m.peers[0].status();
+    assert_eq!(s["mesh"]["caught_up_by"]["by"], "no-seeds", "{s}");
+    assert!(keepalived_check(&m.peers[0]).0);
+}
+
+#[test]
+fn a_lag_that_began_while_nobody_asked_is_reported_with_its_true_age() {
+    let m = mesh_with(3, "quic", "[keepalived]\nmax-lag = \"2s\"\n");
+    m.converged(&[0, 1, 2]);
+    // Peer 2 cannot bind the new frontend (its port is taken there), so its
+    // HAProxy config differs from the other two from the registration on.
+    let port = free_port(&m.peers[1].ip);
+    let _squatter = std::net::TcpListener::bind((m.peers[1].ip.as_str(), port)).unwrap();
+    let a = Backend::start("nodeport-a");
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    m.peers[0].add("traefik", port, a.addr);
+    // Nobody asks peer 2 anything for four seconds.
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, health) = m.peers[1].get("/healthz");
+    assert_eq!(code, 503, "{health}");
+    let line = health["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .find(|p| p.contains("has differed from what most live peers serve"))
+        .unwrap_or_else(|| panic!("no lag reported: {health}"))
+        .to_owned();
+    let secs: u64 = line
+        .rsplit("for ")
+        .next()
+        .and_then(|t| t.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(secs >= 3, "a lag of about 4 s reported as {secs} s: {line}");
+    let s = m.peers[1].status();
+    let since = s["mesh"]["lagging_since_ms"].as_u64().expect("lagging");
+    assert!(
+        since + 1_000 >= began && since <= began + 2_000,
+        "the lag began at {began}, reported from {since}: {s}"
+    );
+}
+
+#[test]
+fn right_after_an_applied_write_the_own_row_is_current_and_converged_tells_the_truth() {
+    let m = mesh_of(3, "quic");
+    m.converged(&[0, 1, 2]);
+    let port = free_port("127.0.0.1");
+    let backends: Vec<Backend> = (0..5)
+        .map(|i| Backend::start(&format!("nodeport-{i}")))
+        .collect();
+    for b in &backends {
+        m.peers[0].add("traefik", port, b.addr);
+        let s = m.peers[0].status();
+        let digest = &s["registry"]["digest"];
+        let peers = s["peers"].as_array().unwrap();
+        let me = peers.iter().find(|p| p["node_id"] == "lb1").unwrap();
+        assert_eq!(&me["registry_digest"], digest, "own row behind: {s}");
+        assert_eq!(me["config_digest"], s["haproxy"]["config_digest"], "{s}");
+        if s["converged"] == true {
+            for p in peers.iter().filter(|p| p["live"] == true) {
+                assert_eq!(&p["registry_digest"], digest, "converged while {s}");
+            }
+        }
+    }
 }

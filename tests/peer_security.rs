@@ -519,7 +519,8 @@ fn tampered_and_replayed_packets_change_nothing() {
         .parse()
         .unwrap();
     let meddler = Meddler::start(p2_gossip);
-    let p1 = Daemon::start(DaemonOpts {
+    // Peer 1 catches up with peer 2 once that one runs.
+    let p1 = Daemon::launch(DaemonOpts {
         node_id: "lb1".into(),
         seeds: vec![meddler.front],
         token_file: Some(token.clone()),
@@ -539,6 +540,7 @@ fn tampered_and_replayed_packets_change_nothing() {
         ),
         ..DaemonOpts::default()
     });
+    p1.wait_healthy();
     let backend = Backend::start("b");
     let port = free_port("127.0.0.1");
     p1.add("traefik", port, backend.addr);

@@ -1,7 +1,5 @@
 //! `GET /healthz` (what keepalived's check asks) and `GET /metrics`.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -11,40 +9,33 @@ use super::ApiState;
 use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::process::health_probe;
 
-/// Whether this peer's HAProxy config has differed from what most live peers
-/// serve for longer than `max_lag`; the reason if so.
-fn mesh_lag(st: &ApiState, apply: &ApplyStatus) -> Option<String> {
-    let peers = st.mesh.as_ref()?.peers();
-    let mine = apply.config_digest.clone()?;
-    let live: Vec<&str> = peers
-        .iter()
-        .filter(|p| p.live)
-        .filter_map(|p| p.config_digest.as_deref())
-        .collect();
-    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for d in &live {
-        *counts.entry(d).or_default() += 1;
+/// Why the mesh holds this peer back, if it does: it has not caught up
+/// since it started, or its config has differed from what most live peers
+/// serve for longer than `max_lag` (timed by the mesh task from the moment
+/// the difference began).
+fn mesh_problems(st: &ApiState, apply: &ApplyStatus) -> Vec<String> {
+    let snap = st.mesh.snapshot();
+    let mesh = &snap.state;
+    let mut problems = Vec::new();
+    if !mesh.caught_up {
+        problems.push(format!(
+            "this peer has not caught up with the mesh since it started: {}",
+            mesh.catching_up.as_deref().unwrap_or("starting")
+        ));
     }
-    let majority = counts
-        .iter()
-        .find(|(_, n)| **n * 2 > live.len())
-        .map(|(d, _)| (*d).to_owned());
-    let mut since = st.lag_since.lock().unwrap_or_else(|p| p.into_inner());
-    match majority {
-        Some(m) if m != mine => {
-            let start = *since.get_or_insert_with(Instant::now);
-            (start.elapsed() > st.max_lag).then(|| {
-                format!(
-                    "this peer's HAProxy config ({mine}) has differed from what most live peers serve ({m}) for {} s",
-                    start.elapsed().as_secs()
-                )
-            })
-        }
-        _ => {
-            *since = None;
-            None
+    if let (Some(lag), Some(majority)) = (
+        mesh.lag(st.registry.now_ms()),
+        mesh.majority_config_digest.as_deref(),
+    ) {
+        if lag > st.max_lag {
+            problems.push(format!(
+                "this peer's HAProxy config ({}) has differed from what most live peers serve ({majority}) for {} s",
+                apply.config_digest.as_deref().unwrap_or("none"),
+                lag.as_secs()
+            ));
         }
     }
+    problems
 }
 
 /// 200 when this peer can serve: storage works, HAProxy answers on its
@@ -76,9 +67,7 @@ pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
             }
         }
     }
-    if let Some(lag) = mesh_lag(&st, &apply) {
-        problems.push(lag);
-    }
+    problems.extend(mesh_problems(&st, &apply));
     let quarantined: Vec<u16> = apply.quarantined.keys().copied().collect();
     if problems.is_empty() {
         Json(serde_json::json!({ "status": "ok", "quarantined": quarantined })).into_response()

@@ -34,16 +34,10 @@ use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::process::Haproxy;
 use crate::haproxy::stats::ServerHealth;
 use crate::keepalived::Vrrp;
+use crate::mesh::MeshView;
 use crate::metrics::Metrics;
 use crate::secret::Token;
 use crate::shared::SharedRegistry;
-use crate::status::PeerStatus;
-
-/// Supplies the mesh part of the status (peers, convergence); the single-peer
-/// daemon reports only itself.
-pub trait MeshStatus: Send + Sync + 'static {
-    fn peers(&self) -> Vec<PeerStatus>;
-}
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -56,12 +50,11 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     pub max_wait: Duration,
     pub started: Instant,
-    pub mesh: Option<Arc<dyn MeshStatus>>,
+    /// The mesh as the mesh task last computed it.
+    pub mesh: MeshView,
     pub vrrp: Option<Vrrp>,
     /// How long this peer's config may differ from the mesh majority.
     pub max_lag: Duration,
-    /// Since when it has differed, if it does.
-    pub lag_since: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Server health as HAProxy's checks last saw it.
     pub health: watch::Receiver<Arc<ServerHealth>>,
 }

@@ -1,5 +1,7 @@
 //! `GET /v1/status`: this peer, and in a mesh every peer it knows, as one document.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -25,9 +27,19 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
     let apply = st.apply.borrow().clone();
     let running = st.haproxy.is_serving().await;
     let node_id = st.registry.with(|r| r.node().to_string());
-    let peers = st.mesh.as_ref().map(|m| m.peers()).unwrap_or_default();
-    let masters = crate::mesh::vrrp_masters(&peers);
-    let converged = crate::status::converged(&peers);
+    // A snapshot that includes every change this peer has made and applied,
+    // so its own row is never one change behind.
+    let mesh = st
+        .mesh
+        .fresh(
+            |m| {
+                m.registry_generation >= generation
+                    && m.row(&node_id)
+                        .is_some_and(|me| me.config_digest == apply.config_digest)
+            },
+            Duration::from_secs(1),
+        )
+        .await;
     NodeStatus {
         node_id,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -64,11 +76,12 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
                 .as_ref()
                 .and_then(Vrrp::current)
                 .map(|n| format!("{} {}", n.state, n.name)),
-            split_brain: masters.len() > 1,
-            masters,
+            split_brain: mesh.state.split_brain(),
+            masters: mesh.state.vip_holders.clone(),
         },
-        peers,
-        converged,
+        peers: mesh.peers.clone(),
+        converged: mesh.state.converged,
+        mesh: mesh.state.clone(),
     }
 }
 

@@ -19,7 +19,7 @@ impl MeshWatch {
     /// Emits what changed since the last call: peers joining, dying, coming
     /// back or forgotten, and the floating IP moving.
     pub fn update(&mut self, events: &Events, me: &str, new: &[PeerStatus]) {
-        let masters = crate::mesh::vrrp_masters;
+        let masters = crate::mesh::snapshot::vip_holders;
         let vip = vip(&masters(&self.last), &masters(new));
         for e in self.peers(me, new).into_iter().chain(vip) {
             events.emit(e);

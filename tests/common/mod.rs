@@ -148,7 +148,17 @@ pub fn fast_toml(registry: &str, haproxy: &str) -> String {
 }
 
 impl Daemon {
+    /// Starts a daemon and waits until it is healthy.
     pub fn start(opts: DaemonOpts) -> Daemon {
+        let d = Self::launch(opts);
+        d.wait_healthy();
+        d
+    }
+
+    /// Starts a daemon without waiting for its health: peers of a mesh
+    /// start together, since a peer with seeds is healthy only once it has
+    /// caught up with them.
+    pub fn launch(opts: DaemonOpts) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let api: SocketAddr = format!("{}:{}", opts.ip, free_port(&opts.ip))
@@ -194,7 +204,7 @@ impl Daemon {
             scheme: opts.scheme.into(),
             child: None,
         };
-        d.spawn();
+        d.spawn_process();
         d
     }
 
@@ -597,6 +607,12 @@ pub struct Mesh {
 }
 
 pub fn mesh_of(n: usize, transport: &str) -> Mesh {
+    mesh_with(n, transport, "")
+}
+
+/// [`mesh_of`] with `toml` appended to every peer's config (after the fast
+/// defaults of [`fast_toml`]).
+pub fn mesh_with(n: usize, transport: &str, toml: &str) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let token: PathBuf = dir.path().join("token");
     std::fs::write(&token, "mesh-test-token-0123456789abcdef\n").unwrap();
@@ -607,16 +623,17 @@ pub fn mesh_of(n: usize, transport: &str) -> Mesh {
         .zip(&ports)
         .map(|(ip, p)| format!("{ip}:{p}").parse().unwrap())
         .collect();
-    let peers = ips
+    let peers: Vec<Daemon> = ips
         .iter()
         .enumerate()
         .map(|(i, ip)| {
-            Daemon::start(DaemonOpts {
+            Daemon::launch(DaemonOpts {
                 ip: ip.to_string(),
                 node_id: format!("lb{}", i + 1),
                 gossip_port: Some(ports[i]),
                 seeds: seeds.clone(),
                 token_file: Some(token.clone()),
+                toml: format!("{}{toml}", fast_toml("", "")),
                 mesh: if transport == "quic" {
                     issue_peer_cert(dir.path(), &format!("lb{}", i + 1))
                 } else {
@@ -626,6 +643,9 @@ pub fn mesh_of(n: usize, transport: &str) -> Mesh {
             })
         })
         .collect();
+    for p in &peers {
+        p.wait_healthy();
+    }
     Mesh { dir, peers }
 }
 

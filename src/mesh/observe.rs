@@ -1,0 +1,275 @@
+//! The mesh task: publishes this peer's digests, VRRP state and sync state
+//! into its key space, and computes the one [`MeshSnapshot`] that the API,
+//! the health check and the status page read.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chitchat::{ChitchatHandle, ChitchatId};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::quic::Identities;
+use super::snapshot::{
+    self, CatchUpRule, Incarnation, META_SYNC, MeshSnapshot, Observation, Observed, SyncState,
+};
+use super::sync::trusted;
+use super::{META_API, META_DIGEST, META_VRRP};
+use crate::haproxy::apply::ApplyStatus;
+use crate::shared::SharedRegistry;
+use crate::status::PeerStatus;
+
+/// How often the snapshot is computed when nothing wakes the task sooner.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A changed registry digest is recomputed at most this often unless someone
+/// waits for it (a summary of a big registry is not free).
+const DIGEST_EVERY: Duration = Duration::from_millis(250);
+
+/// This peer's registry digest, and what it was computed from.
+pub(super) struct OwnDigest {
+    registry_generation: u64,
+    config: Option<String>,
+    registry_digest: String,
+    at: Instant,
+}
+
+pub(super) struct Observe {
+    pub handle: Arc<ChitchatHandle>,
+    pub me: ChitchatId,
+    pub api_url: String,
+    pub identities: Option<Arc<Identities>>,
+    pub registry: Arc<SharedRegistry>,
+    pub apply: watch::Receiver<ApplyStatus>,
+    pub vrrp: watch::Receiver<Option<String>>,
+    /// How far this peer holds every other incarnation (from the sync task).
+    pub holds: Arc<ArcSwap<BTreeMap<Incarnation, u64>>>,
+    pub rule: CatchUpRule,
+    pub snapshot: Arc<ArcSwap<MeshSnapshot>>,
+    /// Counts published snapshots, for readers waiting for a fresh one.
+    pub updates: watch::Sender<u64>,
+    /// Asks for a snapshot at once (someone waits for a fresh one).
+    pub poke: Arc<Notify>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub digest: Option<OwnDigest>,
+    /// The sync state last published.
+    pub published: Option<SyncState>,
+    /// Turns changes between snapshots into events.
+    pub events: crate::events::diff::MeshWatch,
+}
+
+/// A display-safe copy of a value another peer published about itself.
+fn meta(state: &chitchat::NodeState, key: &str) -> Option<String> {
+    let v = state.get(key)?;
+    let clean: String = v.chars().filter(|c| !c.is_control()).take(128).collect();
+    Some(clean)
+}
+
+/// The row of another peer's incarnation.
+fn row(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> PeerStatus {
+    let digest = meta(state, META_DIGEST);
+    let mut parts = digest.as_deref().unwrap_or("").split(' ');
+    let registry_digest = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    let config_digest = parts.next().filter(|s| *s != "-").map(str::to_owned);
+    PeerStatus {
+        node_id: id
+            .node_id
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(63)
+            .collect(),
+        live,
+        generation: id.generation_id,
+        gossip_addr: id.gossip_advertise_addr.to_string(),
+        api_addr: meta(state, META_API),
+        registry_digest,
+        config_digest,
+        vrrp_state: meta(state, META_VRRP),
+    }
+}
+
+impl Observe {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let poke = self.poke.clone();
+        loop {
+            let poked = tokio::select! {
+                // Fixed branch order: seeded simulations replay exactly.
+                biased;
+                () = poke.notified() => true,
+                _ = tick.tick() => false,
+                r = self.apply.changed() => if r.is_err() { return } else { false },
+                r = self.vrrp.changed() => if r.is_err() { return } else { false },
+                () = crate::shutdown::signalled(&mut shutdown) => return,
+            };
+            self.step(poked).await;
+        }
+    }
+
+    /// Recomputes this peer's registry digest if it may have changed.
+    fn own_digest(&mut self, urgent: bool) -> &OwnDigest {
+        let registry_generation = self.registry.with(|r| r.generation());
+        let config = self.apply.borrow().config_digest.clone();
+        let stale = match &self.digest {
+            None => true,
+            Some(d) => {
+                let changed = d.registry_generation != registry_generation || d.config != config;
+                let age = d.at.elapsed();
+                // Leases end without a new generation: at least every second.
+                (changed && (urgent || d.config != config || age >= DIGEST_EVERY))
+                    || age >= Duration::from_secs(1)
+            }
+        };
+        if stale {
+            let now = self.registry.now_ms();
+            self.digest = Some(OwnDigest {
+                registry_generation,
+                config,
+                registry_digest: self.registry.with(|r| r.summary(now)).digest,
+                at: Instant::now(),
+            });
+        }
+        self.digest.as_ref().expect("computed above")
+    }
+
+    /// Publishes this peer's state and computes the next snapshot.
+    pub async fn step(&mut self, urgent: bool) {
+        let d = self.own_digest(urgent);
+        let own_digest = format!(
+            "{} {}",
+            d.registry_digest,
+            d.config.as_deref().unwrap_or("-")
+        );
+        let (registry_generation, registry_digest, config_digest) = (
+            d.registry_generation,
+            d.registry_digest.clone(),
+            d.config.clone(),
+        );
+        let vrrp_state = self.vrrp.borrow().clone();
+        let me = PeerStatus {
+            node_id: self.me.node_id.to_string(),
+            live: true,
+            generation: self.me.generation_id,
+            gossip_addr: self.me.gossip_advertise_addr.to_string(),
+            api_addr: Some(self.api_url.clone()),
+            registry_digest: Some(registry_digest),
+            config_digest,
+            vrrp_state: vrrp_state.clone(),
+        };
+        let prev = self.snapshot.load_full();
+        let chitchat = self.handle.chitchat();
+        let (snap, push_to) = {
+            let mut cc = chitchat.lock().await;
+            let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
+            let scheduled: HashSet<Incarnation> = cc
+                .scheduled_for_deletion_nodes()
+                .map(|id| (id.node_id.to_string(), id.generation_id))
+                .collect();
+            // The newest trusted incarnation of every other node id.
+            let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
+            for (id, state) in cc.node_states() {
+                if id.node_id == self.me.node_id || trusted(self.identities.as_deref(), id).is_err()
+                {
+                    continue;
+                }
+                let slot = newest.entry(&id.node_id).or_insert((id, state));
+                if id.generation_id > slot.0.generation_id {
+                    *slot = (id, state);
+                }
+            }
+            let mut catching_up: Vec<SocketAddr> = Vec::new();
+            let others: Vec<Observed> = newest
+                .into_values()
+                .map(|(id, state)| {
+                    let sync = state.get(META_SYNC).and_then(|v| SyncState::decode(v).ok());
+                    let is_live = live.contains(id);
+                    if is_live && !sync.as_ref().is_some_and(|s| s.caught_up) {
+                        catching_up.push(id.gossip_advertise_addr);
+                    }
+                    Observed {
+                        status: row(id, state, is_live),
+                        sync,
+                    }
+                })
+                .collect();
+            let holds: BTreeMap<Incarnation, u64> = self
+                .holds
+                .load()
+                .iter()
+                .filter(|(inc, _)| !scheduled.contains(*inc))
+                .map(|(inc, v)| (inc.clone(), *v))
+                .collect();
+            let snap = snapshot::next(
+                &prev,
+                &Observation {
+                    now_ms: self.registry.now_ms(),
+                    me,
+                    others,
+                    holds: holds.clone(),
+                    registry_generation,
+                },
+                &self.rule,
+            );
+            let sync = SyncState {
+                caught_up: snap.state.caught_up,
+                holds,
+            };
+            // A list is only useful to a peer that is catching up, and only
+            // once it names that peer: publish it then, not on every change.
+            let republish = match &self.published {
+                None => true,
+                Some(p) => {
+                    *p != sync
+                        && (p.caught_up != sync.caught_up
+                            || !p.holds.keys().eq(sync.holds.keys())
+                            || !catching_up.is_empty())
+                }
+            };
+            let state = cc.self_node_state();
+            if republish {
+                state.set(META_SYNC, sync.encode());
+                self.published = Some(sync);
+            } else {
+                catching_up.clear();
+            }
+            state.set(META_DIGEST, &own_digest);
+            match vrrp_state {
+                Some(v) => state.set(META_VRRP, v),
+                None => {
+                    if state.contains_key(META_VRRP) {
+                        state.delete(META_VRRP);
+                    }
+                }
+            }
+            (snap, catching_up)
+        };
+        // A peer catching up gets the new list at once, not at its next round.
+        for addr in push_to {
+            let _ = self.handle.gossip(addr);
+        }
+        self.report(&prev, &snap);
+        self.events
+            .update(self.registry.events(), &self.me.node_id, &snap.peers);
+        self.snapshot.store(Arc::new(snap));
+        self.updates.send_modify(|n| *n += 1);
+    }
+
+    /// Logs catching up, and sets the metrics.
+    fn report(&self, prev: &MeshSnapshot, snap: &MeshSnapshot) {
+        let (was, is) = (&prev.state, &snap.state);
+        if let Some(m) = &self.metrics {
+            m.observe_peers(&snap.peers);
+        }
+        if is.caught_up && !was.caught_up {
+            tracing::info!(
+                how = ?is.caught_up_by,
+                after_ms = is.caught_up_at_ms.unwrap_or(0).saturating_sub(is.started_ms),
+                "caught up with the mesh"
+            );
+        }
+    }
+}
