@@ -83,6 +83,7 @@ pub async fn run(
         store,
         recovered,
         Arc::new(SystemClock),
+        settings.registry.ack,
     ));
     let metrics = Arc::new(Metrics::new());
 
@@ -316,9 +317,9 @@ async fn maintain(shared: Arc<SharedRegistry>, mut shutdown: watch::Receiver<boo
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
         crate::events::note_lease_ends(&shared, &mut leases_checked);
-        let own = shared.with(|r| r.own_entries().count()) as u64;
+        let held = shared.with(|r| r.entry_count()) as u64;
         let wal = shared.store().wal_records();
-        if wal > 2 * own + 10_000 || (wal > 0 && last_gc.elapsed() > Duration::from_secs(300)) {
+        if wal > 2 * held + 10_000 || (wal > 0 && last_gc.elapsed() > Duration::from_secs(300)) {
             last_gc = Instant::now();
             if let Err(e) = shared.compact().await {
                 tracing::error!(error = %e, "compaction failed");

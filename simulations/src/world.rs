@@ -219,12 +219,16 @@ impl World {
         };
         let registry = self.cluster.nodes[peer].registry().clone();
         let seen_before = registry.with(|r| r.newest_delete(&key));
-        let change = registry.submit(cmd).await.map_err(|e| {
-            format!(
-                "peer p{peer} refused a valid {}: {e}",
-                if delete { "delete" } else { "add" }
-            )
-        })?;
+        let change = registry
+            .submit(cmd)
+            .await
+            .map_err(|e| {
+                format!(
+                    "peer p{peer} refused a valid {}: {e}",
+                    if delete { "delete" } else { "add" }
+                )
+            })?
+            .change;
         let now = Instant::now();
         let prev = self.oracle.get(&key).copied();
         let acked = if delete {
@@ -462,7 +466,13 @@ impl World {
             .map(|q| self.cluster.nodes[*q].view())
             .collect();
         let disk = self.cluster.nodes[p].disk.clone();
-        let own: Vec<Key> = disk.lock().unwrap().keys().copied().collect();
+        let own: Vec<Key> = disk
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(_, origin)| origin.is_none())
+            .map(|(key, _)| *key)
+            .collect();
         for key in own {
             let known_elsewhere = others.iter().any(|v| {
                 v.frontends

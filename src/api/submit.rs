@@ -30,6 +30,10 @@ pub struct ChangeResponse {
     /// The peer that accepted the write.
     pub peer: String,
     pub generation: u64,
+    /// With replicated acknowledgements (`registry.ack = "replicated"`):
+    /// whether another peer confirmed it holds the change on its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicated: Option<bool>,
     /// With `?wait=applied`: whether HAProxy serves the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<bool>,
@@ -71,7 +75,8 @@ pub(super) async fn submit(
     wait: WaitQuery,
     client: ClientIp,
 ) -> Result<ChangeResponse, ApiError> {
-    let change = st.registry.submit(cmd).await?;
+    let accepted = st.registry.submit(cmd).await?;
+    let change = accepted.change;
     let lease_end = match &change.entry.op {
         Op::Add { expires_ms, .. } if !change.entry.is_delete() => Some(*expires_ms),
         _ => None,
@@ -102,6 +107,7 @@ pub(super) async fn submit(
         expires_at: lease_end.map(rfc3339),
         peer,
         generation: change.generation,
+        replicated: accepted.replicated,
         applied,
         apply_error,
     })

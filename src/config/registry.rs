@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, invalid, positive};
 use crate::registry::{Limits, PortRange};
+use crate::shared::{AckMode, AckPolicy};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -22,6 +23,11 @@ pub struct RegistryFile {
     pub allowed_ports: Option<Vec<PortRange>>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew: Option<Duration>,
+    /// When a write is acknowledged: "replicated" (default) or "local".
+    pub ack: Option<AckMode>,
+    /// How long a replicated write waits for another peer.
+    #[serde(default, with = "humantime_serde")]
+    pub ack_timeout: Option<Duration>,
 }
 
 /// What the registry accepts.
@@ -30,6 +36,8 @@ pub struct RegistrySettings {
     pub limits: Limits,
     /// Frontend ports clients may ask for; empty means every port but lbmesh's own and 22.
     pub allowed_ports: Vec<PortRange>,
+    /// When writes are acknowledged.
+    pub ack: AckPolicy,
 }
 
 pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> {
@@ -68,8 +76,20 @@ pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> 
             return Err(invalid(key, v, format!("must be from 1 to {max}")));
         }
     }
+    let ack = AckPolicy {
+        mode: r.ack.unwrap_or_default(),
+        timeout: r.ack_timeout.unwrap_or(AckPolicy::default().timeout),
+    };
+    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&ack.timeout) {
+        return Err(invalid(
+            "registry.ack-timeout",
+            humantime::format_duration(ack.timeout),
+            "must be from 10ms to 60s",
+        ));
+    }
     Ok(RegistrySettings {
         limits,
         allowed_ports: r.allowed_ports.unwrap_or_default(),
+        ack,
     })
 }

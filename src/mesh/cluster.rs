@@ -12,10 +12,8 @@ use super::transport::MemoryNetwork;
 use super::{Mesh, MeshSettings};
 use crate::clock::{Clock, TokioClock};
 use crate::haproxy::apply::ApplyStatus;
-use crate::registry::{
-    Change, Command, Limits, Origin, PeerId, PortPolicy, Registry, RegistryView,
-};
-use crate::shared::{SharedRegistry, SubmitError};
+use crate::registry::{Command, Limits, Origin, PeerId, PortPolicy, Registry, RegistryView};
+use crate::shared::{Accepted, AckPolicy, SharedRegistry, SubmitError};
 use crate::store::{MemoryDisk, Store, next_generation};
 
 /// How the in-process peers are set up.
@@ -28,6 +26,8 @@ pub struct ClusterSettings {
     /// Keep each peer's store in memory (deterministic, for simulations)
     /// instead of a data directory under the cluster's base directory.
     pub memory: bool,
+    /// When writes are acknowledged.
+    pub ack: AckPolicy,
 }
 
 impl Default for ClusterSettings {
@@ -40,6 +40,7 @@ impl Default for ClusterSettings {
             },
             start_ms: 1_800_000_000_000,
             memory: false,
+            ack: AckPolicy::default(),
         }
     }
 }
@@ -79,7 +80,7 @@ impl Node {
         self.registry().view()
     }
 
-    pub async fn submit(&self, cmd: Command) -> Result<Change, SubmitError> {
+    pub async fn submit(&self, cmd: Command) -> Result<Accepted, SubmitError> {
         self.registry().submit(cmd).await
     }
 }
@@ -162,7 +163,13 @@ impl Cluster {
             settings.limits.clone(),
             PortPolicy::new(vec![], []),
         );
-        let shared = Arc::new(SharedRegistry::new(registry, store, recovered, clock));
+        let shared = Arc::new(SharedRegistry::new(
+            registry,
+            store,
+            recovered,
+            clock,
+            settings.ack,
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mesh = Mesh::start(
             MeshSettings {

@@ -5,16 +5,22 @@
 //! Value: `A <stamp> <observed> <name> <p|-> <since ms> <expires ms>` or
 //!        `D <stamp> <observed> <name>`, stamps in hex.
 //!
-//! The `r1` prefix versions the format: a later format gets a new prefix and
-//! both can be read during an upgrade.
+//! Acknowledgement watermarks, one key per other peer:
+//! Key:   `a1/<node id>`
+//! Value: `<generation> <version>` in hex: this peer has stored durably every
+//!        entry of that peer's incarnation `generation` up to gossip `version`.
+//!
+//! The `r1` and `a1` prefixes version the format: a later format gets a new
+//! prefix and both can be read during an upgrade.
 
 use std::net::SocketAddr;
 
 use crate::clock::Stamp;
 use crate::registry::types::parse_server_ip;
-use crate::registry::{Entry, Key, Op, ServiceName};
+use crate::registry::{Entry, Key, Op, PeerId, ServiceName};
 
 pub const ENTRY_PREFIX: &str = "r1/";
+pub const ACK_PREFIX: &str = "a1/";
 
 /// The largest value we accept from gossip; real ones are under 100 bytes.
 const MAX_VALUE_LEN: usize = 256;
@@ -128,6 +134,26 @@ pub fn decode_value(v: &str) -> Result<Entry, DecodeError> {
     })
 }
 
+/// The key under which a peer publishes how much of `node`'s key space it stored.
+pub fn ack_key(node: &PeerId) -> String {
+    format!("{ACK_PREFIX}{node}")
+}
+
+/// A watermark: (generation, version).
+pub fn encode_ack(generation: u64, version: u64) -> String {
+    format!("{generation:x} {version:x}")
+}
+
+pub fn decode_ack(v: &str) -> Result<(u64, u64), DecodeError> {
+    let mut parts = v.split(' ');
+    let generation = hex("generation", parts.next())?;
+    let version = hex("version", parts.next())?;
+    if parts.next().is_some() {
+        return Err(bad("watermark", "trailing fields"));
+    }
+    Ok((generation, version))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -198,11 +224,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn watermarks() {
+        assert_eq!(decode_ack(&encode_ack(0x19a, 42)).unwrap(), (0x19a, 42));
+        for v in ["", "1", "1 2 3", "x 1", "1 -1", "11111111111111111 1"] {
+            assert!(decode_ack(v).is_err(), "{v:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn decoding_never_panics(v in ".{0,300}", k in ".{0,80}") {
             let _ = decode_value(&v);
             let _ = decode_key(&k);
+            let _ = decode_ack(&v);
         }
     }
 }

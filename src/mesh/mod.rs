@@ -10,6 +10,7 @@
 //! diffs node states by version. The mesh task ([`observe`]) publishes this
 //! peer's digests and computes the one [`MeshSnapshot`] of the mesh.
 
+pub mod ack;
 pub mod cluster;
 pub mod codec;
 mod observe;
@@ -32,7 +33,7 @@ use tokio::task::JoinHandle;
 use self::snapshot::CatchUpRule;
 pub use self::snapshot::{CaughtUp, MeshSnapshot, MeshState};
 use crate::haproxy::apply::ApplyStatus;
-use crate::shared::{OwnEvent, SharedRegistry};
+use crate::shared::{Confirmed, OwnEvent, Published, Replication, SharedRegistry};
 
 /// Keys a peer publishes about itself.
 pub const META_API: &str = "meta/api";
@@ -136,7 +137,16 @@ impl Mesh {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Mesh> {
         let (outbox, inbox) = mpsc::unbounded_channel();
-        let own = registry.attach_outbox(outbox);
+        let (published_tx, published) = watch::channel(Published::default());
+        let (confirmed_tx, confirmed) = watch::channel(Confirmed::default());
+        let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+        let own = registry.attach_mesh(
+            outbox,
+            Replication {
+                published,
+                confirmed,
+            },
+        );
         let mut initial: Vec<(String, String)> = own
             .iter()
             .map(|(k, e)| (codec::encode_key(k), codec::encode_value(e)))
@@ -165,12 +175,14 @@ impl Mesh {
         let handle = Arc::new(spawn_chitchat(config, initial, transport).await?);
         let chitchat = handle.chitchat();
         let wake = Arc::new(Notify::new());
+        let wake_acks = Arc::new(Notify::new());
         {
+            let cc = chitchat.lock().await;
             let wake = wake.clone();
-            chitchat
-                .lock()
-                .await
-                .subscribe_event(codec::ENTRY_PREFIX, move |_| wake.notify_one())
+            cc.subscribe_event(codec::ENTRY_PREFIX, move |_| wake.notify_one())
+                .forever();
+            let wake = wake_acks.clone();
+            cc.subscribe_event(codec::ACK_PREFIX, move |_| wake.notify_one())
                 .forever();
         }
         tracing::info!(
@@ -210,7 +222,27 @@ impl Mesh {
         // The first snapshot before anyone can read one.
         observe.step(true).await;
         let tasks = vec![
-            tokio::spawn(publish(handle.clone(), inbox, shutdown.clone())),
+            tokio::spawn(publish(
+                handle.clone(),
+                inbox,
+                published_tx,
+                shutdown.clone(),
+            )),
+            tokio::spawn(ack::publish_watermarks(
+                handle.clone(),
+                stored_rx,
+                shutdown.clone(),
+            )),
+            tokio::spawn(
+                ack::Follow {
+                    chitchat: chitchat.clone(),
+                    me: id.clone(),
+                    identities: settings.identities.clone(),
+                    wake: wake_acks,
+                    confirmed: confirmed_tx,
+                }
+                .run(shutdown.clone()),
+            ),
             tokio::spawn(sync::run(
                 sync::Sync {
                     chitchat: chitchat.clone(),
@@ -220,6 +252,7 @@ impl Mesh {
                     wake,
                     holds,
                     metrics: settings.metrics.clone(),
+                    stored: stored_tx,
                 },
                 shutdown.clone(),
             )),
@@ -257,11 +290,13 @@ impl Mesh {
     }
 }
 
-/// Writes own entries into this peer's key space, and pushes configuration
-/// changes to live peers at once instead of waiting for the next gossip round.
+/// Writes own entries into this peer's key space, pushes those a client or
+/// HAProxy waits for to live peers at once instead of waiting for the next
+/// gossip round, and reports the gossip version each write got.
 async fn publish(
     handle: Arc<ChitchatHandle>,
-    mut inbox: mpsc::UnboundedReceiver<OwnEvent>,
+    mut inbox: mpsc::UnboundedReceiver<(u64, OwnEvent)>,
+    published: watch::Sender<Published>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let chitchat = handle.chitchat();
@@ -274,11 +309,12 @@ async fn publish(
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
         let mut urgent = false;
+        let last = batch.last().map_or(0, |(seq, _)| *seq);
         let targets: Vec<SocketAddr> = {
             let mut cc = chitchat.lock().await;
             let me = cc.self_chitchat_id().clone();
             let state = cc.self_node_state();
-            for event in batch.drain(..) {
+            for (_, event) in batch.drain(..) {
                 match event {
                     OwnEvent::Set(key, entry, push) => {
                         urgent |= push;
@@ -292,6 +328,10 @@ async fn publish(
                     }
                 }
             }
+            published.send_replace(Published {
+                seq: last,
+                version: state.max_version(),
+            });
             cc.live_nodes()
                 .filter(|id| **id != me)
                 .map(|id| id.gossip_advertise_addr)

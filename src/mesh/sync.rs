@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chitchat::ChitchatId;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use super::codec;
 use super::quic::Identities;
@@ -36,6 +36,8 @@ pub(super) struct Sync {
     /// How far this peer holds every other incarnation's entries.
     pub holds: Arc<ArcSwap<BTreeMap<Incarnation, u64>>>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where merged entries go to be acknowledged once on disk.
+    pub stored: mpsc::UnboundedSender<super::ack::Stored>,
 }
 
 /// Why a peer's state is not merged.
@@ -78,6 +80,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
         wake,
         holds,
         metrics,
+        stored,
     } = task;
     let refused_entry = |e: &codec::DecodeError, origin: &Origin| {
         if let Some(m) = &metrics {
@@ -98,6 +101,8 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
         let mut changes: Vec<(Key, Origin, Option<Entry>)> = Vec::new();
+        // Incarnations whose entries changed, at the version merged (for watermarks).
+        let mut versions: Vec<(ChitchatId, u64)> = Vec::new();
         let mut held_changed = false;
         {
             let cc = chitchat.lock().await;
@@ -149,6 +154,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     continue;
                 }
                 let mut present: HashSet<&str> = HashSet::with_capacity(s.keys.len());
+                let mut took = false;
                 for (k, vv) in state.key_values_including_deleted() {
                     let Some(rest) = k.strip_prefix(codec::ENTRY_PREFIX) else {
                         continue;
@@ -157,6 +163,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     if s.keys.get(k) == Some(&vv.version) {
                         continue;
                     }
+                    took = true;
                     s.keys.insert(k.to_owned(), vv.version);
                     let key = match codec::decode_key(rest) {
                         Ok(key) => key,
@@ -184,6 +191,9 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     keep
                 });
                 s.max_version = state.max_version();
+                if took {
+                    versions.push((id.clone(), s.max_version));
+                }
                 let entry_version = s.keys.values().copied().max().unwrap_or(0);
                 held_changed |= entry_version != s.entry_version;
                 s.entry_version = entry_version;
@@ -219,16 +229,10 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     }
                 }
             }
-            let config_changed = registry.with(|r| {
-                let mut any = false;
-                for (key, origin, entry) in changes {
-                    any |= r.merge_remote(key, origin, entry, now).affects_config;
-                }
-                any
-            });
-            if config_changed {
-                registry.notify();
-            }
+        }
+        if !changes.is_empty() || !versions.is_empty() {
+            let durable = registry.merge_remote(changes);
+            let _ = stored.send(super::ack::Stored { versions, durable });
         }
     }
 }

@@ -639,6 +639,18 @@ impl Registry {
             .filter_map(|(k, ke)| ke.by_peer.get(&self.origin).map(|e| (k, e)))
     }
 
+    /// Every entry held, own and other peers', as (key, origin, entry).
+    pub fn entries(&self) -> impl Iterator<Item = (&Key, &Origin, &Entry)> {
+        self.keys
+            .iter()
+            .flat_map(|(k, ke)| ke.by_peer.iter().map(move |(o, e)| (k, o, e)))
+    }
+
+    /// How many entries are held, own and other peers'.
+    pub fn entry_count(&self) -> usize {
+        self.keys.values().map(|ke| ke.by_peer.0.len()).sum()
+    }
+
     /// Whether an entry still means anything at `now_ms`: a live add, or a
     /// tombstone young enough that an add it must beat could still be around.
     pub fn entry_matters(&self, entry: &Entry, now_ms: u64) -> bool {

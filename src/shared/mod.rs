@@ -1,0 +1,298 @@
+//! The registry shared by the API, HAProxy applier and gossip: serializes
+//! writes, makes them durable (and, with replicated acknowledgements, held
+//! by another peer) before they are acknowledged, persists what other peers
+//! gossip, and tells watchers.
+
+pub mod replication;
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::{mpsc, watch};
+
+pub use replication::{AckMode, AckPolicy, Confirmed, Published, Replication};
+
+use crate::clock::Clock;
+use crate::events::Events;
+use crate::registry::{Change, Command, Entry, Key, Origin, Registry, RegistryError, RegistryView};
+use crate::store::{Pending, Record, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] RegistryError),
+    #[error("the change could not be stored durably: {0}")]
+    Storage(#[from] StoreError),
+}
+
+/// A change to this peer's own entries, for the mesh to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnEvent {
+    /// A new own entry; the flag says whether peers need it at once (a
+    /// client waits for it, or it changes what HAProxy serves) or it can
+    /// wait for the next gossip round.
+    Set(Key, Entry, bool),
+    /// The entry no longer matters (lease over, old tombstone).
+    Remove(Key),
+}
+
+/// Own events in the order they were accepted, numbered from 1.
+pub type Outbox = mpsc::UnboundedSender<(u64, OwnEvent)>;
+
+/// An accepted command and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub change: Change,
+    /// With replicated acknowledgements: whether another peer confirmed it
+    /// holds the change durably. `None` when nothing was waited for (local
+    /// acknowledgements, or a command that wrote nothing).
+    pub replicated: Option<bool>,
+}
+
+struct OutboxState {
+    tx: Option<Outbox>,
+    seq: u64,
+}
+
+/// The one registry of this peer.
+pub struct SharedRegistry {
+    /// Where own writes go to be gossiped, in the order they were accepted.
+    outbox: Mutex<OutboxState>,
+    // A std mutex, not tokio's: every critical section is short and never awaits.
+    inner: Mutex<Registry>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ack: AckPolicy,
+    /// Set by the mesh when it starts.
+    replication: OnceLock<Replication>,
+    /// Carries the config generation: bumped on changes HAProxy must serve
+    /// (not on plain renewals, which would wake the applier for nothing).
+    config_changes: watch::Sender<u64>,
+    events: Events,
+}
+
+impl SharedRegistry {
+    /// Builds the shared registry from `registry` and what `store` recovered:
+    /// own entries become this incarnation's, entries held from other peers
+    /// keep their origin.
+    pub fn new(
+        mut registry: Registry,
+        store: Store,
+        recovered: Vec<Record>,
+        clock: Arc<dyn Clock>,
+        ack: AckPolicy,
+    ) -> Self {
+        let now = clock.now_ms();
+        let own = registry.origin().clone();
+        let (mut kept, mut held) = (0, 0);
+        for r in recovered {
+            // Expired leases and old tombstones are not restored.
+            let Some(entry) = r.entry.filter(|e| registry.entry_matters(e, now)) else {
+                continue;
+            };
+            match r.origin {
+                None => {
+                    registry.set_entry(r.key, own.clone(), Some(entry));
+                    kept += 1;
+                }
+                Some(origin) => {
+                    registry.set_entry(r.key, origin, Some(entry));
+                    held += 1;
+                }
+            }
+        }
+        if kept + held > 0 {
+            tracing::info!(
+                own = kept,
+                held_from_peers = held,
+                "restored the registry from disk"
+            );
+        }
+        let (config_changes, _) = watch::channel(registry.config_generation());
+        let events = Events::new(crate::events::DEFAULT_CAPACITY, clock.clone());
+        Self {
+            outbox: Mutex::new(OutboxState { tx: None, seq: 0 }),
+            inner: Mutex::new(registry),
+            store,
+            clock,
+            ack,
+            replication: OnceLock::new(),
+            config_changes,
+            events,
+        }
+    }
+
+    /// This peer's event log.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Sends own writes to `outbox` from now on, and waits on `replication`
+    /// for replicated acknowledgements; returns the own entries held so far,
+    /// which the caller publishes first.
+    pub fn attach_mesh(&self, outbox: Outbox, replication: Replication) -> Vec<(Key, Entry)> {
+        let reg = self.lock();
+        self.outbox_state().tx = Some(outbox);
+        let _ = self.replication.set(replication);
+        reg.own_entries().map(|(k, e)| (*k, e.clone())).collect()
+    }
+
+    fn outbox_state(&self) -> MutexGuard<'_, OutboxState> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an own event for gossip; returns its sequence number.
+    fn emit(&self, event: OwnEvent) -> u64 {
+        let mut out = self.outbox_state();
+        out.seq += 1;
+        if let Some(tx) = &out.tx {
+            let _ = tx.send((out.seq, event));
+        }
+        out.seq
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the registry half-changed
+        // (apply validates before it mutates), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn ack_policy(&self) -> AckPolicy {
+        self.ack
+    }
+
+    /// Applies a command and returns once it is on disk and, with replicated
+    /// acknowledgements, confirmed by another live peer (or the bound passed).
+    pub async fn submit(&self, cmd: Command) -> Result<Accepted, SubmitError> {
+        let replicated = self.ack.mode == AckMode::Replicated;
+        let (change, pending, seq) = {
+            let mut reg = self.lock();
+            let change = reg.apply(cmd, self.clock.now_ms())?;
+            if !change.written {
+                return Ok(Accepted {
+                    change,
+                    replicated: None,
+                });
+            }
+            let pending = self
+                .store
+                .append(vec![Record::own(change.key, change.entry.clone())]);
+            let seq = self.emit(OwnEvent::Set(
+                change.key,
+                change.entry.clone(),
+                change.affects_config || replicated,
+            ));
+            (change, pending, seq)
+        };
+        if change.affects_config {
+            self.config_changes.send_if_modified(|g| {
+                let newer = change.config_generation > *g;
+                if newer {
+                    *g = change.config_generation;
+                }
+                newer
+            });
+        }
+        pending.durable().await?;
+        let replicated = if replicated {
+            Some(match self.replication.get() {
+                Some(r) => r.wait(seq, self.ack.timeout).await,
+                None => false,
+            })
+        } else {
+            None
+        };
+        Ok(Accepted { change, replicated })
+    }
+
+    /// Merges entries gossiped by other peers and persists those that
+    /// changed what this peer holds. Await the result to know they are on disk.
+    pub fn merge_remote(&self, changes: Vec<(Key, Origin, Option<Entry>)>) -> Pending {
+        if changes.is_empty() {
+            return Pending::done();
+        }
+        let now = self.clock.now_ms();
+        let (pending, config_changed) = {
+            let mut reg = self.lock();
+            let mut records = Vec::new();
+            let mut any = false;
+            for (key, origin, entry) in changes {
+                let m = reg.merge_remote(key, origin.clone(), entry.clone(), now);
+                any |= m.affects_config;
+                if m.changed {
+                    records.push(Record::held(key, origin, entry));
+                }
+            }
+            // Queued under the lock: the log keeps the order of the registry.
+            (self.store.append(records), any)
+        };
+        if config_changed {
+            self.notify();
+        }
+        pending
+    }
+
+    /// The current config generation (what the applier must reach).
+    pub fn config_generation(&self) -> u64 {
+        *self.config_changes.borrow()
+    }
+
+    /// The registry as served now.
+    pub fn view(&self) -> RegistryView {
+        let now = self.clock.now_ms();
+        self.lock().view(now)
+    }
+
+    /// Runs `f` with the registry locked; keep it short.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.lock())
+    }
+
+    /// Tells watchers that the registry changed outside [`SharedRegistry::submit`].
+    pub fn notify(&self) {
+        let g = self.lock().config_generation();
+        self.config_changes.send_replace(g);
+    }
+
+    /// A receiver that wakes on every change HAProxy must serve.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.config_changes.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forgets expired leases and rewrites the store with what still matters:
+    /// own entries and those held from other peers.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let pending = {
+            let mut reg = self.lock();
+            let own = reg.origin().clone();
+            for (key, origin) in reg.collect_garbage(self.clock.now_ms()) {
+                if origin == own {
+                    self.emit(OwnEvent::Remove(key));
+                }
+            }
+            let records = reg
+                .entries()
+                .map(|(k, o, e)| {
+                    if *o == own {
+                        Record::own(*k, e.clone())
+                    } else {
+                        Record::held(*k, o.clone(), Some(e.clone()))
+                    }
+                })
+                .collect();
+            self.store.compact(records)
+        };
+        pending.durable().await
+    }
+}
