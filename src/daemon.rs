@@ -120,6 +120,7 @@ pub async fn run(
         haproxy.clone(),
         render.clone(),
         h.timing.clone(),
+        h.exec.clone(),
         metrics.clone(),
     );
 

@@ -59,6 +59,13 @@ pub struct HaproxyStatus {
     pub in_step: bool,
     pub last_apply: Option<ApplyReportOut>,
     pub quarantined: BTreeMap<u16, String>,
+    /// Frontends whose change waits for its turn to reload, and why.
+    #[serde(default)]
+    pub deferred: BTreeMap<u16, String>,
+    /// Frontends still bound with no servers, and the seconds left before
+    /// a reload may remove them.
+    #[serde(default)]
+    pub held: BTreeMap<u16, u64>,
     pub reloads: u64,
     pub runtime_updates: u64,
 }

@@ -134,7 +134,10 @@ fn a_second_server_shares_the_load_without_a_reload_and_a_dead_one_is_taken_out(
 
 #[test]
 fn leases_expire_and_deletes_remove() {
-    let d = Daemon::start(DaemonOpts::default());
+    let d = Daemon::start(DaemonOpts {
+        toml: fast_toml("", "empty-frontend-grace = \"1s\""),
+        ..DaemonOpts::default()
+    });
     let a = Backend::start("a");
     let b = Backend::start("b");
     let (p1, p2) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
@@ -147,9 +150,13 @@ fn leases_expire_and_deletes_remove() {
     assert_eq!(v["lease_seconds"], 2);
     d.add("long", p2, b.addr);
     assert_eq!(greeting(d.frontend(p1)).as_deref(), Some("a"));
-    // After the lease, the server and its now-empty frontend leave the config.
+    // After the lease, the server leaves at once; its frontend, now empty,
+    // stays bound for its grace period, then a reload removes it.
     eventually(Duration::from_secs(10), "the lease to expire", || {
         greeting(d.frontend(p1)).is_none().then_some(())
+    });
+    eventually(Duration::from_secs(10), "the empty frontend to go", || {
+        (!d.haproxy_config().contains(&format!("{p1}_frontend"))).then_some(())
     });
     let (_, list) = d.get("/v1/frontends");
     let ports: Vec<u64> = list["frontends"]
@@ -159,7 +166,6 @@ fn leases_expire_and_deletes_remove() {
         .map(|f| f["port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports, vec![p2 as u64]);
-    assert!(!d.haproxy_config().contains(&format!("{p1}_frontend")));
     // Delete through the typed API.
     let (code, v) = http(
         "DELETE",
@@ -174,7 +180,11 @@ fn leases_expire_and_deletes_remove() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["result"], "deleted");
     assert!(greeting(d.frontend(p2)).is_none());
-    assert!(!d.haproxy_config().contains("_frontend"));
+    let held = d.status()["haproxy"]["held"].clone();
+    assert!(held[p2.to_string()].as_u64().is_some(), "{held}");
+    eventually(Duration::from_secs(10), "the empty frontend to go", || {
+        (!d.haproxy_config().contains("_frontend")).then_some(())
+    });
 }
 
 #[test]

@@ -66,6 +66,12 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
             wanted_config_digest: apply.wanted_config_digest.clone(),
             last_apply: apply.last.as_ref().map(ApplyReportOut::from),
             quarantined: apply.quarantined.clone(),
+            deferred: apply.deferred.clone(),
+            held: apply
+                .held
+                .iter()
+                .map(|(port, ms)| (*port, ms.div_ceil(1000)))
+                .collect(),
             reloads: apply.reloads,
             runtime_updates: apply.runtime_updates,
         },

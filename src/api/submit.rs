@@ -118,19 +118,31 @@ async fn wait_applied(st: &ApiState, change: &Change, timeout: Duration) -> (boo
     let mut rx = st.apply.clone();
     let reached = tokio::time::timeout(
         timeout,
-        rx.wait_for(|s| s.config_generation >= change.config_generation && s.last.is_some()),
+        rx.wait_for(|s| s.settled(change.config_generation, change.key.frontend)),
     )
     .await;
     let status = match reached {
         Ok(Ok(s)) => s.clone(),
         Ok(Err(_)) => return (false, Some("the applier stopped".into())),
         Err(_) => {
+            let waiting = st
+                .apply
+                .borrow()
+                .deferred
+                .get(&change.key.frontend)
+                .cloned();
             return (
                 false,
-                Some(format!(
-                    "HAProxy did not apply the change within {} s",
-                    timeout.as_secs()
-                )),
+                Some(match waiting {
+                    Some(why) => format!(
+                        "HAProxy did not apply the change within {} s: {why}",
+                        timeout.as_secs()
+                    ),
+                    None => format!(
+                        "HAProxy did not apply the change within {} s",
+                        timeout.as_secs()
+                    ),
+                }),
             );
         }
     };

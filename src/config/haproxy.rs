@@ -1,6 +1,7 @@
 //! The `[haproxy]` section with `bind-address`: how HAProxy runs and what its
 //! config says. The defaults live with the structs they fill
-//! (`RenderSettings::with_sockets_in`, `ApplyTiming::default`).
+//! (`RenderSettings::with_sockets_in`, `ApplyTiming::default`,
+//! `ExecSettings::default`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Overrides, Paths, invalid, positive};
 use crate::haproxy::apply::ApplyTiming;
+use crate::haproxy::execute::ExecSettings;
 use crate::haproxy::render::RenderSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -49,6 +51,13 @@ pub struct HaproxyFile {
     #[serde(default, with = "humantime_serde")]
     pub timeout_server: Option<Duration>,
     pub min_slots: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub empty_frontend_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub check_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub reload_timeout: Option<Duration>,
+    pub max_old_workers: Option<usize>,
 }
 
 /// How HAProxy is run and reloaded, and what its config says.
@@ -63,6 +72,8 @@ pub struct HaproxySettings {
     /// What goes into haproxy.cfg (bind address, sockets, timeouts, checks, slots).
     pub render: RenderSettings,
     pub timing: ApplyTiming,
+    /// Timeouts of `haproxy -c` and reloads, and the bound on old workers.
+    pub exec: ExecSettings,
 }
 
 /// Paths end up inside the HAProxy config in double quotes, and sockets have
@@ -95,6 +106,7 @@ pub(super) fn resolve(
 ) -> Result<HaproxySettings, ConfigError> {
     let d = RenderSettings::with_sockets_in(data_dir);
     let timing = ApplyTiming::default();
+    let exec = ExecSettings::default();
     let mode = o.haproxy_mode.or(h.mode).unwrap_or(HaproxyMode::Supervised);
     let reload_command = h.reload_command.unwrap_or_default();
     if mode == HaproxyMode::External && reload_command.is_empty() {
@@ -136,6 +148,14 @@ pub(super) fn resolve(
             "must be from 1 to 1024",
         ));
     }
+    let max_old_workers = h.max_old_workers.unwrap_or(exec.max_old_workers);
+    if !(1..=1000).contains(&max_old_workers) {
+        return Err(invalid(
+            "haproxy.max-old-workers",
+            max_old_workers,
+            "must be from 1 to 1000",
+        ));
+    }
     let render = RenderSettings {
         bind_address: bind_address.unwrap_or(d.bind_address),
         runtime_socket,
@@ -145,7 +165,6 @@ pub(super) fn resolve(
             "haproxy.hard-stop-after",
             h.hard_stop_after.unwrap_or(d.hard_stop_after),
         )?,
-        max_reloads: d.max_reloads,
         check_interval: positive(
             "haproxy.check-interval",
             h.check_interval.unwrap_or(d.check_interval),
@@ -183,7 +202,20 @@ pub(super) fn resolve(
         timing: ApplyTiming {
             coalesce: h.coalesce.unwrap_or(timing.coalesce),
             min_reload_interval: h.min_reload_interval.unwrap_or(timing.min_reload_interval),
-            ..timing
+            empty_frontend_grace: h
+                .empty_frontend_grace
+                .unwrap_or(timing.empty_frontend_grace),
+        },
+        exec: ExecSettings {
+            check_timeout: positive(
+                "haproxy.check-timeout",
+                h.check_timeout.unwrap_or(exec.check_timeout),
+            )?,
+            reload_timeout: positive(
+                "haproxy.reload-timeout",
+                h.reload_timeout.unwrap_or(exec.reload_timeout),
+            )?,
+            max_old_workers,
         },
     })
 }

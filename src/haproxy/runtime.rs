@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::render::{Backend, backend_name, slot_name};
+use super::layout::Backend;
+use super::render::{backend_name, slot_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -66,32 +67,36 @@ fn is_refusal(answer: &str) -> bool {
 }
 
 /// The Runtime API commands that turn `from` into `to` (same shape).
+/// Servers are put in before others are taken out, so a pool that swaps
+/// its last server never has a moment with none.
 pub fn slot_commands(port: u16, from: &Backend, to: &Backend) -> Vec<String> {
     let be = backend_name(port);
-    let mut cmds = Vec::new();
+    let mut adds = Vec::new();
+    let mut removals = Vec::new();
     for (i, (a, b)) in from.slots.iter().zip(&to.slots).enumerate() {
-        if a == b {
+        if a.server == b.server {
             continue;
         }
         let srv = format!("{be}/{}", slot_name(i));
-        match b {
-            Some(s) => {
-                cmds.push(format!(
+        match b.server {
+            Some(addr) => {
+                adds.push(format!(
                     "set server {srv} addr {} port {}",
-                    s.addr.ip(),
-                    s.addr.port()
+                    addr.ip(),
+                    addr.port()
                 ));
-                if a.is_none() {
-                    cmds.push(format!("set server {srv} state ready"));
+                if a.server.is_none() {
+                    adds.push(format!("set server {srv} state ready"));
                 }
             }
             None => {
-                cmds.push(format!("set server {srv} state maint"));
-                cmds.push(format!("set server {srv} addr 0.0.0.0 port 1"));
+                removals.push(format!("set server {srv} state maint"));
+                removals.push(format!("set server {srv} addr 0.0.0.0 port 1"));
             }
         }
     }
-    cmds
+    adds.extend(removals);
+    adds
 }
 
 /// Runs commands one connection per command batch, failing on the first refusal.
@@ -141,6 +146,27 @@ pub async fn master_reloads(master_socket: &Path) -> Result<(u64, u64), RuntimeE
     })
 }
 
+/// How many old workers (still serving connections after a reload) the
+/// master CLI's `show proc` lists.
+pub async fn old_workers(master_socket: &Path) -> Result<usize, RuntimeError> {
+    let out = send(master_socket, "show proc").await?;
+    Ok(count_old_workers(&out))
+}
+
+fn count_old_workers(out: &str) -> usize {
+    let mut in_old = false;
+    let mut n = 0;
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(section) = line.strip_prefix('#') {
+            in_old = section.trim() == "old workers";
+        } else if in_old && !line.is_empty() {
+            n += 1;
+        }
+    }
+    n
+}
+
 fn parse_show_proc(out: &str) -> Option<(u64, u64)> {
     let line = out.lines().find(|l| l.contains("master"))?;
     let mut words = line.split_whitespace();
@@ -161,7 +187,7 @@ fn parse_show_proc(out: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::haproxy::render::SlotServer;
+    use crate::haproxy::layout::Slot;
 
     #[test]
     fn show_proc_parses() {
@@ -171,42 +197,55 @@ mod tests {
                    2484            worker          1               0d00h00m12s     2.6.12-1+deb12u4\n";
         assert_eq!(parse_show_proc(out), Some((2, 1)));
         assert_eq!(parse_show_proc("garbage"), None);
+        assert_eq!(count_old_workers(out), 0);
+        let with_old = "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+                        1484            master          2 [failed: 0]   0d00h00m06s     2.6.12-1+deb12u4\n\
+                        # workers\n\
+                        1649            worker          0               0d00h00m03s     2.6.12-1+deb12u4\n\
+                        # old workers\n\
+                        1506            worker          2               0d00h00m06s     2.6.12-1+deb12u4\n\
+                        1507            worker          1               0d00h00m04s     2.6.12-1+deb12u4\n\
+                        # programs\n\n";
+        assert_eq!(count_old_workers(with_old), 2);
     }
 
     #[test]
     fn slot_commands_cover_add_move_remove() {
-        let s = |a: &str| {
-            Some(SlotServer {
-                addr: a.parse().unwrap(),
-                send_proxy: false,
-            })
+        let s = |a: &str| Slot {
+            send_proxy: false,
+            server: Some(a.parse().unwrap()),
         };
+        let empty = Slot {
+            send_proxy: false,
+            server: None,
+        };
+        let owner: crate::registry::ServiceName = "svc".parse().unwrap();
         let from = Backend {
+            owner: owner.clone(),
             slots: vec![
                 s("198.18.0.1:1"),
-                None,
+                empty,
                 s("198.18.0.3:3"),
                 s("198.18.0.4:4"),
             ],
-            send_proxy: false,
         };
         let to = Backend {
+            owner,
             slots: vec![
                 s("198.18.0.1:1"),
                 s("[2001:db8::2]:2"),
-                None,
+                empty,
                 s("198.18.0.5:5"),
             ],
-            send_proxy: false,
         };
         assert_eq!(
             slot_commands(443, &from, &to),
             vec![
                 "set server 443_backend/s2 addr 2001:db8::2 port 2",
                 "set server 443_backend/s2 state ready",
+                "set server 443_backend/s4 addr 198.18.0.5 port 5",
                 "set server 443_backend/s3 state maint",
                 "set server 443_backend/s3 addr 0.0.0.0 port 1",
-                "set server 443_backend/s4 addr 198.18.0.5 port 5",
             ]
         );
         assert!(is_refusal("No such server.\n"));

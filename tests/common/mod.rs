@@ -289,14 +289,18 @@ impl Daemon {
         http("GET", &self.url(path), Some(&self.token), None, None)
     }
 
-    /// Waits until HAProxy runs what the registry asks for, and returns the status.
+    /// Waits until HAProxy runs what the registry asks for, with no change
+    /// waiting for its turn to reload, and returns the status.
     pub fn in_step(&self) -> Value {
         eventually(
             Duration::from_secs(20),
             "HAProxy in step with the registry",
             || {
                 let s = self.status();
-                (s["haproxy"]["in_step"] == true).then_some(s)
+                let waiting = s["haproxy"]["deferred"]
+                    .as_object()
+                    .is_some_and(|d| !d.is_empty());
+                (s["haproxy"]["in_step"] == true && !waiting).then_some(s)
             },
         )
     }
