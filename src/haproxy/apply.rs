@@ -176,16 +176,20 @@ impl Applier {
         let mut changes = self.registry.subscribe();
         let mut process = self.haproxy.state().subscribe();
         let mut snapshot = self.snapshot();
+        // Why the next change to HAProxy happens: what changed last.
         let mut cause = Cause::Start;
         let mut exits_seen = self.haproxy.state().exits();
         loop {
-            if *changes.borrow_and_update() != snapshot.view.config_generation
-                || snapshot
-                    .view
-                    .next_expiry_ms
-                    .is_some_and(|t| t <= self.registry.now_ms())
+            if *changes.borrow_and_update() != snapshot.view.config_generation {
+                snapshot = self.snapshot();
+                cause = Cause::Registry;
+            } else if snapshot
+                .view
+                .next_expiry_ms
+                .is_some_and(|t| t <= self.registry.now_ms())
             {
                 snapshot = self.snapshot();
+                cause = Cause::Expiry;
             }
             // (The stats observer counts restarts and reports each.)
             let exits = self.haproxy.state().exits();
@@ -239,11 +243,9 @@ impl Applier {
                 .view
                 .next_expiry_ms
                 .map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now_ms)));
-            let (deadline, deadline_cause) = match (until, expiry) {
-                (Some(u), Some(e)) if e < u => (Some(e), Cause::Expiry),
-                (Some(u), _) => (Some(u), Cause::Retry),
-                (None, Some(e)) => (Some(e), Cause::Expiry),
-                (None, None) => (None, Cause::Retry),
+            let deadline = match (until, expiry) {
+                (Some(u), Some(e)) => Some(u.min(e)),
+                (u, e) => u.or(e),
             };
             let sleep = async {
                 match deadline {
@@ -251,19 +253,19 @@ impl Applier {
                     None => std::future::pending().await,
                 }
             };
-            cause = tokio::select! {
+            tokio::select! {
                 r = changes.changed() => {
                     if r.is_err() { break; }
                     tokio::time::sleep(self.coalesce).await;
-                    Cause::Registry
                 }
                 r = process.changed() => {
                     if r.is_err() { break; }
-                    Cause::Retry
+                    cause = Cause::Retry;
                 }
-                () = sleep => deadline_cause,
+                // A lease end is noticed at the top of the loop.
+                () = sleep => cause = Cause::Retry,
                 () = crate::shutdown::signalled(&mut shutdown) => break,
-            };
+            }
         }
     }
 
