@@ -248,12 +248,14 @@ pub async fn run(
         }
         None => None,
     };
+    let api_limits = api::ConnLimits::default();
     let state = ApiState {
         registry: shared.clone(),
         token: Arc::new(token),
         apply: apply_rx,
         haproxy: haproxy.clone(),
-        metrics,
+        metrics: metrics.clone(),
+        body_timeout: api_limits.body_timeout,
         max_body_bytes: settings.api.max_body_bytes,
         max_wait: settings.api.max_wait,
         started,
@@ -266,6 +268,8 @@ pub async fn run(
         api_listener,
         tls,
         api::router(state),
+        api::Admission::new(api_limits.clone()),
+        Some(metrics.clone()),
         shutdown_rx.clone(),
     ));
     tracing::info!(

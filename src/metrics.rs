@@ -104,6 +104,7 @@ pub struct Metrics {
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub peer_connections_refused: Family<ReasonLabels, Counter>,
     pub gossip_entries_refused: Family<ReasonLabels, Counter>,
+    pub api_connections_refused: Family<ReasonLabels, Counter>,
     pub replication_seconds: Histogram,
     pub propagation_seconds: Histogram,
 }
@@ -262,6 +263,12 @@ impl Metrics {
             "From a write accepted by another peer to this peer merging it (includes clock skew)",
             propagation_seconds.clone(),
         );
+        let api_connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "api_connections_refused",
+            "API connections closed at once because a cap was reached (per_source_cap, connection_cap)",
+            api_connections_refused.clone(),
+        );
         Self {
             haproxy_servers,
             runtime_changes,
@@ -270,6 +277,7 @@ impl Metrics {
             lag_seconds,
             peer_connections_refused,
             gossip_entries_refused,
+            api_connections_refused,
             replication_seconds,
             propagation_seconds,
             vrrp_masters,
@@ -311,6 +319,13 @@ impl Metrics {
     /// Counts a refused peer connection (see [`refused_connection`]).
     pub fn refused_connection(&self, reason: &'static str) {
         self.peer_connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts an API connection closed at once by a cap (see [`crate::api::guard`]).
+    pub fn refused_api_connection(&self, reason: &'static str) {
+        self.api_connections_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -18,6 +18,29 @@ struct Case {
     says: &'static str,
 }
 
+/// Sends `request` as is and reads the answer's status and JSON body.
+fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (code, body)
+}
+
 fn hook_body(d: &Daemon, overrides: &[(&str, Value)], base_port: u16) -> Vec<u8> {
     let _ = d;
     let mut body = json!({
@@ -290,6 +313,48 @@ fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
             body: Vec::new(),
             ..c("unknown path", &[], 404, "endpoint")
         },
+        Case {
+            method: "GET",
+            body: Vec::new(),
+            ..c("wrong method", &[], 405, "not allowed")
+        },
+        Case {
+            method: "PATCH",
+            path: format!("/v1/frontends/{fresh}/servers/127.0.0.1/30443"),
+            body: br#"{"name":"fresh"}"#.to_vec(),
+            ..c("wrong method on the typed API", &[], 405, "PATCH")
+        },
+        Case {
+            method: "GET",
+            path: "/v1/frontends/%FF%FE".into(),
+            body: Vec::new(),
+            ..c("path that decodes to bad UTF-8", &[], 400, "path")
+        },
+        Case {
+            method: "PUT",
+            path: format!("/v1/frontends/{fresh}/servers/127.0.0.1%2F8/30443"),
+            body: br#"{"name":"fresh"}"#.to_vec(),
+            ..c("encoded slash in the IP", &[], 400, "ip")
+        },
+        Case {
+            method: "GET",
+            path: "/v1/front ends".into(),
+            body: Vec::new(),
+            ..c("space in the request line", &[], 400, "not valid HTTP")
+        },
+        Case {
+            body: format!(
+                r#"{{"name":"fresh","frontend-port":"{fresh}","backend-port":"30443","dst-ip":"127.0.0.1","action":"add","action":"delete"}}"#
+            )
+            .into_bytes(),
+            ..c("duplicate JSON key", &[], 400, "given twice")
+        },
+        Case {
+            method: "PUT",
+            path: format!("/v1/frontends/{fresh}/servers/127.0.0.1/30443"),
+            body: br#"{"name":"fresh","name":"other"}"#.to_vec(),
+            ..c("duplicate key in the typed API", &[], 400, "duplicate field")
+        },
     ];
     assert!(cases.len() >= 25);
     let mut failures = Vec::new();
@@ -324,6 +389,45 @@ fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         failures.len(),
         failures.join("\n")
     );
+    // Requests hyper itself refuses before the router sees them.
+    let api = d.api;
+    for (what, request, status, says) in [
+        (
+            "headers too large",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+                "a".repeat(40_000)
+            ),
+            431,
+            "too large",
+        ),
+        (
+            "too many headers",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..150)
+                    .map(|i| format!("X-{i}: 1\r\n"))
+                    .collect::<String>()
+            ),
+            431,
+            "too large or too many",
+        ),
+        (
+            "not HTTP at all",
+            "\x16\x03\x01 hello\r\n\r\n".to_string(),
+            400,
+            "not valid HTTP",
+        ),
+    ] {
+        let (code, body) = raw_http(api, request.as_bytes());
+        let message = body["message"].as_str().unwrap_or("");
+        if code != status || !body["error"].is_string() || !message.contains(says) {
+            failures.push(format!(
+                "{what}: got {code} {body}, want {status} saying {says:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     let (_, list_after) = d.get("/v1/frontends");
     assert_eq!(
         list_after["digest"], list_before["digest"],

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -32,6 +31,10 @@ pub enum ApiError {
     Storage(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("method {0} is not allowed on this endpoint")]
+    MethodNotAllowed(String),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
 }
 
 impl From<SubmitError> for ApiError {
@@ -67,6 +70,8 @@ impl ApiError {
             ) => StatusCode::CONFLICT,
             Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -86,6 +91,8 @@ impl ApiError {
             Self::Registry(RegistryError::Full(_)) => "registry_full",
             Self::Storage(_) => "storage_failed",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BodyTimeout(_) => "body_timeout",
         }
     }
 }
@@ -105,16 +112,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The request body, or the error that says why it could not be read.
-pub(super) fn body_bytes(
-    max_body_bytes: usize,
-    body: Result<Bytes, BytesRejection>,
+/// Reads a request body of at most `max_bytes` within `timeout`.
+pub(super) async fn read_body(
+    body: axum::body::Body,
+    max_bytes: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(max_body_bytes)
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {r}"))
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes)).await {
+        Err(_) => Err(ApiError::BodyTimeout(timeout.as_secs())),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::TooLarge(max_bytes))
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "cannot read the request body: {e}"
+                )))
+            }
         }
-    })
+    }
 }

@@ -1,14 +1,12 @@
 //! `POST /hooks/update-haproxy`: the original phone-home call, JSON or form.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
 use super::ApiState;
 use super::auth::authorize;
-use super::error::body_bytes;
+use super::error::read_body;
 use super::input::{body_format, hook_command, parse_fields, wait_query};
 use super::submit::{ClientIp, respond, submit};
 
@@ -17,11 +15,11 @@ pub(super) async fn hook(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     client: ClientIp,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let result = async {
         authorize(&st, &headers)?;
-        let body = body_bytes(st.max_body_bytes, body)?;
+        let body = read_body(body, st.max_body_bytes, st.body_timeout).await?;
         let format = body_format(
             headers
                 .get(header::CONTENT_TYPE)

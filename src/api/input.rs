@@ -43,12 +43,7 @@ pub fn parse_fields(format: BodyFormat, body: &[u8]) -> Result<Fields, ApiError>
     let mut fields = Fields::new();
     match format {
         BodyFormat::Json => {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-            let Value::Object(map) = value else {
-                return Err(ApiError::BadRequest("body must be a JSON object".into()));
-            };
-            for (k, v) in map {
+            for (k, v) in json_object(body)? {
                 let text = match v {
                     Value::String(s) => s,
                     Value::Number(n) => n.to_string(),
@@ -79,6 +74,51 @@ pub fn parse_fields(format: BodyFormat, body: &[u8]) -> Result<Fields, ApiError>
         }
     }
     Ok(fields)
+}
+
+/// A JSON object's members in order, refusing a key given twice (serde_json
+/// alone keeps the last, so `{"action":"add","action":"delete"}` would mean
+/// whatever the last parser in the chain thinks).
+pub fn json_object(body: &[u8]) -> Result<Vec<(String, Value)>, ApiError> {
+    use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
+
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(String, Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Value)> = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                if out.iter().any(|(seen, _)| *seen == k) {
+                    return Err(A::Error::custom(format!(
+                        "field {} given twice",
+                        quoted(&k)
+                    )));
+                }
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let members = de
+        .deserialize_map(Members)
+        .and_then(|m| de.end().map(|()| m));
+    members.map_err(|e| {
+        if e.is_data() {
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg);
+            if msg.starts_with("invalid type") {
+                ApiError::BadRequest("body must be a JSON object".into())
+            } else {
+                ApiError::BadRequest(msg.to_owned())
+            }
+        } else {
+            ApiError::BadRequest(format!("body is not valid JSON: {e}"))
+        }
+    })
 }
 
 const HOOK_FIELDS: [&str; 7] = [
@@ -264,6 +304,13 @@ mod tests {
         }
         let dup = parse_fields(BodyFormat::Form, b"name=a&name=b").unwrap_err();
         assert!(dup.to_string().contains("twice"));
+        let dup = json(r#"{"action":"add","name":"a","action":"delete"}"#).unwrap_err();
+        assert_eq!(dup.to_string(), "field \"action\" given twice");
+        let trailing = json(r#"{"name":"a"} {}"#).unwrap_err();
+        assert!(
+            trailing.to_string().contains("not valid JSON"),
+            "{trailing}"
+        );
     }
 
     #[test]

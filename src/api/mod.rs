@@ -7,6 +7,8 @@
 mod auth;
 pub mod error;
 mod events;
+mod extract;
+pub mod guard;
 mod health;
 mod hook;
 pub mod input;
@@ -26,6 +28,7 @@ use axum::routing::{get, post, put};
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use guard::{Admission, ConnLimits};
 pub use server::{SharedTls, reload_tls_on_change, serve, tls_acceptor};
 pub use status::node_status;
 pub use submit::ChangeResponse;
@@ -48,6 +51,8 @@ pub struct ApiState {
     pub haproxy: Haproxy,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
     pub max_wait: Duration,
     pub started: Instant,
     /// The mesh as the mesh task last computed it.
@@ -77,6 +82,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

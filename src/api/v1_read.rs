@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::ApiState;
 use super::auth::authorize;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::stats::{Health, ServerHealth};
 use crate::registry::types::parse_port;
@@ -87,7 +88,7 @@ pub(super) async fn list_frontends(State(st): State<ApiState>, headers: HeaderMa
 
 pub(super) async fn get_frontend(
     State(st): State<ApiState>,
-    Path(port): Path<String>,
+    ApiPath(port): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
     let result = (|| -> Result<FrontendOut, ApiError> {

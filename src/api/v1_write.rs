@@ -3,16 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::ApiState;
 use super::auth::authorize;
-use super::error::{ApiError, body_bytes};
+use super::error::{ApiError, read_body};
+use super::extract::ApiPath;
 use super::input::{BodyFormat, body_format, wait_query};
 use super::submit::{ClientIp, respond, submit};
 use crate::registry::types::{parse_port, parse_server_ip};
@@ -38,16 +37,16 @@ fn path_key(frontend: &str, ip: &str, port: &str) -> Result<Key, ApiError> {
 
 pub(super) async fn register(
     State(st): State<ApiState>,
-    Path((frontend, ip, port)): Path<(String, String, String)>,
+    ApiPath((frontend, ip, port)): ApiPath<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     client: ClientIp,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let result = async {
         authorize(&st, &headers)?;
         let key = path_key(&frontend, &ip, &port)?;
-        let body = body_bytes(st.max_body_bytes, body)?;
+        let body = read_body(body, st.max_body_bytes, st.body_timeout).await?;
         if body_format(
             headers
                 .get(header::CONTENT_TYPE)
@@ -75,7 +74,7 @@ pub(super) async fn register(
 
 pub(super) async fn deregister(
     State(st): State<ApiState>,
-    Path((frontend, ip, port)): Path<(String, String, String)>,
+    ApiPath((frontend, ip, port)): ApiPath<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     client: ClientIp,

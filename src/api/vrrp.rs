@@ -2,30 +2,28 @@
 //! reports this peer's VRRP state.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
 use super::auth::authorize;
-use super::error::{ApiError, body_bytes};
+use super::error::{ApiError, read_body};
+use super::input::json_object;
 use crate::keepalived::Notification;
 
 pub(super) async fn report_vrrp(
     State(st): State<ApiState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
-    let result = (|| -> Result<Notification, ApiError> {
+    let result = async {
         authorize(&st, &headers)?;
-        let body = body_bytes(st.max_body_bytes, body)?;
-        let raw: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-        let field = |k: &str| raw.get(k).and_then(|v| v.as_str());
-        let priority = raw
-            .get("priority")
+        let body = read_body(body, st.max_body_bytes, st.body_timeout).await?;
+        let raw = json_object(&body)?;
+        let get = |k: &str| raw.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        let field = |k: &str| get(k).and_then(|v| v.as_str());
+        let priority = get("priority")
             .filter(|p| !p.is_null())
             .map(|p| p.to_string().trim_matches('"').to_owned());
         Notification::new(
@@ -35,7 +33,8 @@ pub(super) async fn report_vrrp(
             priority.as_deref(),
         )
         .map_err(ApiError::BadRequest)
-    })();
+    }
+    .await;
     match (result, &st.vrrp) {
         (Ok(n), Some(v)) => {
             v.report(n.clone());

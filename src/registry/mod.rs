@@ -103,6 +103,8 @@ pub struct Change {
     /// Whether `entry` is a new write of this peer (false for a no-op delete,
     /// where `entry` is the tombstone already known).
     pub written: bool,
+    /// Own entries forgotten to keep the tombstones bounded; no longer published.
+    pub forgotten: Vec<Key>,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -111,21 +113,24 @@ pub enum RegistryError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(
-        "frontend port {port} is owned by {owner:?}; {name:?} cannot claim it while it has live servers"
+        "frontend port {port} is owned by \"{owner}\"; \"{name}\" cannot claim it while it has live servers"
     )]
     NameConflict {
         port: u16,
         owner: ServiceName,
         name: ServiceName,
     },
-    #[error("server {server} on frontend port {port} is registered by {owner:?}, not {name:?}")]
+    #[error("server {server} on frontend port {port} is registered by \"{owner}\", not \"{name}\"")]
     NotOwner {
         port: u16,
         server: SocketAddr,
         owner: ServiceName,
         name: ServiceName,
     },
-    #[error("lease of {requested:?} is outside the allowed {min:?} to {max:?}")]
+    #[error(
+        "a lease of {} is outside the allowed {} to {}",
+        seconds(*requested), seconds(*min), seconds(*max)
+    )]
     TtlOutOfRange {
         requested: Duration,
         min: Duration,
@@ -133,6 +138,11 @@ pub enum RegistryError {
     },
     #[error("registry full: {0}")]
     Full(String),
+}
+
+/// A duration as people write it in the config (`30s`, `1h`).
+fn seconds(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// What merging a gossiped entry did.
@@ -246,6 +256,9 @@ pub struct Registry {
     adds: usize,
     /// Keys whose winner is a delete.
     tombstones: usize,
+    /// This peer's own tombstones, oldest first: the ones forgotten first
+    /// when a flood of deletes would outgrow the bound.
+    own_tombstones: std::collections::BTreeSet<(Stamp, Key)>,
     /// Per frontend port, keys whose winner is an add.
     adds_per_frontend: BTreeMap<u16, usize>,
     generation: u64,
@@ -262,6 +275,7 @@ impl Registry {
             keys: BTreeMap::new(),
             adds: 0,
             tombstones: 0,
+            own_tombstones: std::collections::BTreeSet::new(),
             adds_per_frontend: BTreeMap::new(),
             generation: 0,
             config_generation: 0,
@@ -400,16 +414,11 @@ impl Registry {
                     config_generation: self.config_generation,
                     affects_config: false,
                     written: false,
+                    forgotten: Vec::new(),
                 });
             }
             _ => false,
         };
-        if !was_live && self.tombstones >= self.limits.max_servers {
-            return Err(RegistryError::Full(format!(
-                "{} recent deletes are remembered; try again later",
-                self.tombstones
-            )));
-        }
         let observed = self
             .keys
             .get(&key)
@@ -425,7 +434,36 @@ impl Registry {
         } else {
             Outcome::Absent
         };
-        Ok(self.commit_own(key, name, entry, outcome))
+        let mut change = self.commit_own(key, name, entry, outcome);
+        change.forgotten = self.bound_own_tombstones(now_ms);
+        Ok(change)
+    }
+
+    /// Keeps this peer's own tombstones within `max-servers`: forgets expired
+    /// ones, then the oldest. A delete is never refused for want of room (a
+    /// token holder deleting random servers must not block real deletes);
+    /// forgetting an old tombstone only matters if an add it beat is still
+    /// held by a peer that has not heard of the delete, which gossip makes rare.
+    /// Returns the keys whose own entry went.
+    pub fn bound_own_tombstones(&mut self, now_ms: u64) -> Vec<Key> {
+        let mut forgotten = Vec::new();
+        if self.own_tombstones.len() <= self.limits.max_servers {
+            return forgotten;
+        }
+        let own = self.origin.clone();
+        for (key, origin) in self.collect_garbage(now_ms) {
+            if origin == own {
+                forgotten.push(key);
+            }
+        }
+        while self.own_tombstones.len() > self.limits.max_servers {
+            let Some((_, key)) = self.own_tombstones.first().copied() else {
+                break;
+            };
+            self.set_entry(key, own.clone(), None);
+            forgotten.push(key);
+        }
+        forgotten
     }
 
     fn commit_own(
@@ -451,6 +489,7 @@ impl Registry {
             config_generation: self.config_generation,
             affects_config,
             written: true,
+            forgotten: Vec::new(),
         }
     }
 
@@ -532,6 +571,14 @@ impl Registry {
     pub fn set_entry(&mut self, key: Key, peer: Origin, entry: Option<Entry>) {
         let ke = self.keys.entry(key).or_default();
         let before = ke.winner().map(Entry::is_delete);
+        if peer == self.origin {
+            if let Some(old) = ke.by_peer.get(&peer).filter(|e| e.is_delete()) {
+                self.own_tombstones.remove(&(old.stamp, key));
+            }
+            if let Some(new) = entry.as_ref().filter(|e| e.is_delete()) {
+                self.own_tombstones.insert((new.stamp, key));
+            }
+        }
         match entry {
             Some(e) => {
                 self.hlc.observe(e.stamp);

@@ -441,3 +441,68 @@ fn a_renewal_that_saw_only_adds_does_not_beat_a_later_delete() {
         );
     }
 }
+
+#[test]
+fn a_flood_of_deletes_never_blocks_a_delete_and_stays_bounded() {
+    let mut r = reg();
+    // A token holder deletes servers nobody registered, far beyond the bound.
+    for i in 0..50u16 {
+        let c = r
+            .apply(
+                del(443, &format!("203.0.113.9:{}", 1000 + i), "x"),
+                T0 + u64::from(i),
+            )
+            .unwrap();
+        assert_eq!(c.outcome, Outcome::Absent);
+    }
+    assert!(r.own_entries().count() <= r.limits().max_servers);
+    // A real server is still registered and deleted at once.
+    r.apply(add(443, "203.0.113.7:30443", "traefik"), T0 + 100)
+        .unwrap();
+    let c = r
+        .apply(del(443, "203.0.113.7:30443", "traefik"), T0 + 101)
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Deleted);
+    assert!(r.view(T0 + 102).frontends.is_empty());
+    // The newest tombstones are the ones kept, the oldest were forgotten.
+    assert!(c.forgotten.contains(&key(443, "203.0.113.9:1046")));
+    assert_eq!(
+        r.keys
+            .get(&key(443, "203.0.113.7:30443"))
+            .map(|k| k.winner().unwrap().is_delete()),
+        Some(true)
+    );
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn refusals_read_as_plain_words() {
+    let mut r = reg();
+    r.apply(add(443, "203.0.113.7:30443", "svc"), T0).unwrap();
+    let e = r
+        .apply(add(443, "203.0.113.8:30443", "other"), T0)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "frontend port 443 is owned by \"svc\"; \"other\" cannot claim it while it has live servers"
+    );
+    let e = r
+        .apply(del(443, "203.0.113.7:30443", "other"), T0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("registered by \"svc\", not \"other\""), "{e}");
+    let e = r
+        .apply(
+            Command::Register {
+                key: key(443, "203.0.113.7:30443"),
+                name: "svc".parse().unwrap(),
+                send_proxy: false,
+                ttl: Some(Duration::from_secs(2)),
+            },
+            T0,
+        )
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "a lease of 2s is outside the allowed 10s to 1day");
+}

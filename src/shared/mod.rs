@@ -189,6 +189,9 @@ impl SharedRegistry {
                 change.entry.clone(),
                 change.affects_config || replicated,
             ));
+            for key in &change.forgotten {
+                self.emit(OwnEvent::Remove(*key));
+            }
             (change, pending, seq)
         };
         if change.affects_config {
