@@ -61,7 +61,9 @@ impl ApiError {
             Self::Field(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Registry(RegistryError::Policy(_)) => StatusCode::FORBIDDEN,
+            Self::Registry(RegistryError::Policy(_) | RegistryError::Backend(_)) => {
+                StatusCode::FORBIDDEN
+            }
             Self::Registry(RegistryError::TtlOutOfRange { .. }) => StatusCode::BAD_REQUEST,
             Self::Registry(
                 RegistryError::NameConflict { .. }
@@ -85,6 +87,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooLarge(_) => "payload_too_large",
             Self::Registry(RegistryError::Policy(_)) => "port_not_allowed",
+            Self::Registry(RegistryError::Backend(a)) => a.label(),
             Self::Registry(RegistryError::TtlOutOfRange { .. }) => "ttl_out_of_range",
             Self::Registry(RegistryError::NameConflict { .. }) => "name_conflict",
             Self::Registry(RegistryError::NotOwner { .. }) => "not_owner",

@@ -1,6 +1,7 @@
 //! The backend registry: validated commands in, leased servers out. Pure: time
 //! is an argument, I/O happens elsewhere.
 
+pub mod backend_policy;
 pub mod entry;
 pub mod policy;
 pub mod types;
@@ -12,10 +13,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use backend_policy::{AddressRefusal, BackendPolicy, LoopGuard};
 pub use entry::{Entry, Op};
 pub use policy::{PolicyError, PortPolicy, PortRange};
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
-pub use view::{FrontendView, RegistryView, ServerView, Summary};
+pub use view::{FrontendView, RefusedView, RegistryView, ServerView, Summary};
 
 use crate::clock::{Hlc, Stamp};
 
@@ -138,6 +140,44 @@ pub enum RegistryError {
     },
     #[error("registry full: {0}")]
     Full(String),
+    #[error(transparent)]
+    Backend(#[from] AddressRefusal),
+}
+
+/// Why an entry is not served: what this peer's own policy and bounds say
+/// about it, whoever accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Port(#[from] PolicyError),
+    #[error(transparent)]
+    Address(#[from] AddressRefusal),
+    #[error("peer {peer} holds more than {max} entries (twice registry.max-servers)")]
+    PeerOverBound { peer: PeerId, max: usize },
+}
+
+impl Refusal {
+    /// A stable label for metrics and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Port(PolicyError::Reserved(_)) => "port_reserved",
+            Self::Port(PolicyError::NotAllowed { .. }) => "port_not_allowed",
+            Self::Address(a) => a.label(),
+            Self::PeerOverBound { .. } => "peer_over_bound",
+        }
+    }
+}
+
+/// Gossiped entries refused on arrival are listed up to this many; beyond,
+/// they are only counted (memory stays bounded whatever a peer sends).
+const MAX_LISTED_REFUSALS: usize = 10_000;
+
+/// Entries other peers sent that this peer's policy refuses on arrival.
+#[derive(Debug, Default)]
+struct RemoteRefusals {
+    listed: BTreeMap<(PeerId, Key), (ServiceName, Refusal)>,
+    /// Refusals beyond the listed ones, by peer and reason.
+    unlisted: BTreeMap<(PeerId, &'static str), usize>,
 }
 
 /// A duration as people write it in the config (`30s`, `1h`).
@@ -250,8 +290,13 @@ pub struct Registry {
     origin: Origin,
     limits: Limits,
     policy: PortPolicy,
+    backends: BackendPolicy,
+    guard: LoopGuard,
     hlc: Hlc,
     keys: BTreeMap<Key, KeyEntries>,
+    /// Entries stored per other peer (all its incarnations): bounded.
+    per_peer: BTreeMap<PeerId, usize>,
+    remote_refused: RemoteRefusals,
     /// Keys whose winner is an add (live or expired but not yet collected).
     adds: usize,
     /// Keys whose winner is a delete.
@@ -271,8 +316,12 @@ impl Registry {
             origin,
             limits,
             policy,
+            backends: BackendPolicy::default(),
+            guard: LoopGuard::default(),
             hlc: Hlc::default(),
             keys: BTreeMap::new(),
+            per_peer: BTreeMap::new(),
+            remote_refused: RemoteRefusals::default(),
             adds: 0,
             tombstones: 0,
             own_tombstones: std::collections::BTreeSet::new(),
@@ -280,6 +329,85 @@ impl Registry {
             generation: 0,
             config_generation: 0,
         }
+    }
+
+    /// Sets which backend addresses the operator allows.
+    pub fn with_backends(mut self, backends: BackendPolicy) -> Self {
+        self.backends = backends;
+        self
+    }
+
+    pub fn backends(&self) -> &BackendPolicy {
+        &self.backends
+    }
+
+    pub fn port_policy(&self) -> &PortPolicy {
+        &self.policy
+    }
+
+    pub fn loop_guard(&self) -> &LoopGuard {
+        &self.guard
+    }
+
+    /// Replaces the mesh's addresses and ports that backends must not point
+    /// at. Returns whether anything changed; the served view may then change,
+    /// so the config generation moves on.
+    pub fn set_loop_guard(&mut self, guard: LoopGuard) -> bool {
+        if guard == self.guard {
+            return false;
+        }
+        self.guard = guard;
+        self.generation += 1;
+        self.config_generation += 1;
+        true
+    }
+
+    /// What this peer's own policy says of an entry for `key`, given which
+    /// frontend ports are live: the static part (ports, addresses) and the
+    /// loop guard.
+    fn admit(&self, key: &Key, is_frontend: impl Fn(u16) -> bool) -> Result<(), Refusal> {
+        self.admit_statically(key)?;
+        self.guard
+            .check(key.server.ip(), key.server.port(), |p| {
+                p == key.frontend || is_frontend(p)
+            })
+            .map_err(Refusal::from)
+    }
+
+    /// The part of [`Registry::admit`] that depends on the key alone.
+    fn admit_statically(&self, key: &Key) -> Result<(), Refusal> {
+        self.policy.check(key.frontend)?;
+        self.backends.check(key.server.ip())?;
+        Ok(())
+    }
+
+    /// Whether a frontend has a live server at `now_ms`.
+    fn is_live_frontend(&self, port: u16, now_ms: u64) -> bool {
+        self.live_in(port, now_ms).next().is_some()
+    }
+
+    /// Refuses a registration that would build a forwarding loop: a server on
+    /// a mesh address at a frontend or lbmesh port, or a new frontend on a
+    /// port some mesh-address server already points at.
+    fn check_loop(&self, key: &Key, now_ms: u64) -> Result<(), RegistryError> {
+        self.guard.check(key.server.ip(), key.server.port(), |p| {
+            p == key.frontend || self.is_live_frontend(p, now_ms)
+        })?;
+        if self.is_live_frontend(key.frontend, now_ms) {
+            return Ok(());
+        }
+        for (k, ke) in &self.keys {
+            let live = ke.winner().and_then(|e| e.live_until(now_ms)).is_some();
+            if live && k.server.port() == key.frontend && self.guard.is_mesh(k.server.ip()) {
+                return Err(AddressRefusal::LoopTarget {
+                    frontend: key.frontend,
+                    server: k.server,
+                    of: k.frontend,
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     pub fn node(&self) -> &PeerId {
@@ -325,6 +453,8 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Change, RegistryError> {
         self.policy.check(key.frontend)?;
+        self.backends.check(key.server.ip())?;
+        self.check_loop(&key, now_ms)?;
         let ttl = ttl.unwrap_or(self.limits.default_ttl);
         if ttl < self.limits.min_ttl || ttl > self.limits.max_ttl {
             return Err(RegistryError::TtlOutOfRange {
@@ -579,6 +709,19 @@ impl Registry {
                 self.own_tombstones.insert((new.stamp, key));
             }
         }
+        let had = ke.by_peer.get(&peer).is_some();
+        let has = entry.is_some();
+        if peer != self.origin && had != has {
+            let n = self.per_peer.entry(peer.node.clone()).or_default();
+            if has {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_peer.remove(&peer.node);
+                }
+            }
+        }
         match entry {
             Some(e) => {
                 self.hlc.observe(e.stamp);
@@ -608,6 +751,34 @@ impl Registry {
         entry: Option<Entry>,
         now_ms: u64,
     ) -> Merge {
+        if let Some(e) = &entry {
+            let known = self
+                .keys
+                .get(&key)
+                .is_some_and(|ke| ke.by_peer.get(&peer).is_some());
+            let bound = 2 * self.limits.max_servers;
+            let refusal = self.admit_statically(&key).err().or_else(|| {
+                (!known && self.per_peer.get(&peer.node).copied().unwrap_or(0) >= bound).then(
+                    || Refusal::PeerOverBound {
+                        peer: peer.node.clone(),
+                        max: bound,
+                    },
+                )
+            });
+            if let Some(why) = refusal {
+                self.refuse_remote(&peer.node, key, e.name().clone(), why);
+                if !known {
+                    return Merge::default();
+                }
+                // What was held of it before is no longer that peer's entry.
+                return self.set_remote(key, peer, None, now_ms);
+            }
+        }
+        self.forget_refusal(&peer.node, &key);
+        self.set_remote(key, peer, entry, now_ms)
+    }
+
+    fn set_remote(&mut self, key: Key, peer: Origin, entry: Option<Entry>, now_ms: u64) -> Merge {
         let before = self.served_as(&key, now_ms);
         let old = self
             .keys
@@ -627,6 +798,69 @@ impl Registry {
             changed: true,
             affects_config,
         }
+    }
+
+    fn refuse_remote(&mut self, peer: &PeerId, key: Key, name: ServiceName, why: Refusal) {
+        let r = &mut self.remote_refused;
+        let slot = (peer.clone(), key);
+        if r.listed.len() < MAX_LISTED_REFUSALS || r.listed.contains_key(&slot) {
+            r.listed.insert(slot, (name, why));
+        } else {
+            *r.unlisted.entry((peer.clone(), why.label())).or_default() += 1;
+        }
+    }
+
+    fn forget_refusal(&mut self, peer: &PeerId, key: &Key) {
+        if !self.remote_refused.listed.is_empty() {
+            self.remote_refused.listed.remove(&(peer.clone(), *key));
+        }
+    }
+
+    /// Forgets the refusals of entries from `peer` (its state was dropped).
+    pub fn forget_refusals_of(&mut self, peer: &PeerId) {
+        let r = &mut self.remote_refused;
+        r.listed.retain(|(p, _), _| p != peer);
+        r.unlisted.retain(|(p, _), _| p != peer);
+    }
+
+    /// Entries this peer does not serve because its own policy or bounds
+    /// refuse them, at most `max` listed: those refused on arrival by gossip,
+    /// then those refused when served (forwarding loops).
+    pub fn refused(&self, now_ms: u64, max: usize) -> Vec<RefusedView> {
+        let mut out: Vec<RefusedView> = self
+            .remote_refused
+            .listed
+            .iter()
+            .take(max)
+            .map(|((peer, key), (name, why))| RefusedView {
+                frontend: key.frontend,
+                server: key.server,
+                name: name.clone(),
+                peer: peer.clone(),
+                reason: why.label(),
+                message: why.to_string(),
+            })
+            .collect();
+        if out.len() < max {
+            let view = self.view(now_ms);
+            out.extend(view.refused.into_iter().take(max - out.len()));
+        }
+        out
+    }
+
+    /// How many entries are refused, by the peer that sent them and the reason.
+    pub fn refused_counts(&self, now_ms: u64) -> BTreeMap<(PeerId, &'static str), usize> {
+        let mut counts: BTreeMap<(PeerId, &'static str), usize> = BTreeMap::new();
+        for ((peer, _), (_, why)) in &self.remote_refused.listed {
+            *counts.entry((peer.clone(), why.label())).or_default() += 1;
+        }
+        for (k, n) in &self.remote_refused.unlisted {
+            *counts.entry(k.clone()).or_default() += n;
+        }
+        for r in self.view(now_ms).refused {
+            *counts.entry((r.peer, r.reason)).or_default() += 1;
+        }
+        counts
     }
 
     /// What of `key` reaches the HAProxy config (or ownership) at `now_ms`.
@@ -740,6 +974,12 @@ impl Registry {
         let mut h = sha2::Sha256::new();
         let mut sum = Summary::default();
         let mut live: Vec<(&SocketAddr, &ServiceName, bool, u64, u64)> = Vec::new();
+        let live_frontends: std::collections::BTreeSet<u16> = self
+            .keys
+            .iter()
+            .filter(|(_, ke)| ke.winner().and_then(|e| e.live_until(now_ms)).is_some())
+            .map(|(k, _)| k.frontend)
+            .collect();
         let mut iter = self.keys.iter().peekable();
         while let Some((first, _)) = iter.peek() {
             let frontend = first.frontend;
@@ -756,7 +996,9 @@ impl Registry {
                     ..
                 }) = ke.winner()
                 {
-                    if *expires_ms > now_ms {
+                    if *expires_ms > now_ms
+                        && self.admit(k, |port| live_frontends.contains(&port)).is_ok()
+                    {
                         live.push((&k.server, name, *send_proxy, *since_ms, *expires_ms));
                     }
                 }
@@ -794,17 +1036,36 @@ impl Registry {
         for (k, ke) in &self.keys {
             let Some(p) = &ke.winner else { continue };
             let e = &ke.by_peer[p];
-            if let Op::Add {
-                name,
-                since_ms,
-                expires_ms,
-                ..
-            } = &e.op
-            {
+            if let Op::Add { expires_ms, .. } = &e.op {
                 if *expires_ms <= now_ms {
                     continue;
                 }
                 next_expiry_ms = Some(next_expiry_ms.map_or(*expires_ms, |n| n.min(*expires_ms)));
+                live.push((*k, p, e));
+            }
+        }
+        // This peer's own policy decides what it serves, whoever accepted it.
+        let live_frontends: std::collections::BTreeSet<u16> =
+            live.iter().map(|(k, _, _)| k.frontend).collect();
+        let mut refused = Vec::new();
+        live.retain(
+            |(k, p, e)| match self.admit(k, |port| live_frontends.contains(&port)) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push(view::RefusedView {
+                        frontend: k.frontend,
+                        server: k.server,
+                        name: e.name().clone(),
+                        peer: p.node.clone(),
+                        reason: why.label(),
+                        message: why.to_string(),
+                    });
+                    false
+                }
+            },
+        );
+        for (k, _, e) in &live {
+            if let Op::Add { name, since_ms, .. } = &e.op {
                 let candidate = (*since_ms, name.clone());
                 owners
                     .entry(k.frontend)
@@ -814,7 +1075,6 @@ impl Registry {
                         }
                     })
                     .or_insert(candidate);
-                live.push((*k, p, e));
             }
         }
         for (k, p, e) in live {
@@ -861,6 +1121,7 @@ impl Registry {
             config_generation: self.config_generation,
             frontends,
             conflicts,
+            refused,
             next_expiry_ms,
         }
     }

@@ -60,8 +60,11 @@ pub fn parse_port(field: &'static str, raw: &str) -> Result<u16, FieldError> {
     }
 }
 
-/// An address a backend server can be reached at: a unicast IPv4 or IPv6
-/// address (no host names, no zone ids, not 0.0.0.0, ::, multicast or broadcast).
+/// An address a backend server can be reached at: an IPv4 or IPv6 host
+/// address (no host names, no zone ids), with an IPv4-mapped IPv6 address
+/// turned into the IPv4 address it is. Addresses that can never be a host
+/// (unspecified, multicast, broadcast, reserved, including when embedded in
+/// IPv6) are refused here; what the operator allows is the registry's call.
 pub fn parse_server_ip(field: &'static str, raw: &str) -> Result<IpAddr, FieldError> {
     let ip: IpAddr = raw.parse().map_err(|_| {
         FieldError::new(
@@ -69,16 +72,11 @@ pub fn parse_server_ip(field: &'static str, raw: &str) -> Result<IpAddr, FieldEr
             format!("must be an IPv4 or IPv6 address, got {}", quoted(raw)),
         )
     })?;
-    let usable = match ip {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
-    };
-    if !usable {
+    let ip = super::backend_policy::canonical(ip);
+    if let Some(what) = super::backend_policy::never(ip) {
         return Err(FieldError::new(
             field,
-            format!(
-                "{ip} cannot be a backend server address (unspecified, multicast or broadcast)"
-            ),
+            format!("{ip} cannot be a backend server address ({what})"),
         ));
     }
     Ok(ip)
@@ -245,6 +243,11 @@ mod tests {
             ("::1", true),
             ("0.0.0.0", false),
             ("::", false),
+            ("::ffff:0.0.0.0", false),
+            ("::ffff:255.255.255.255", false),
+            ("::ffff:224.0.0.1", false),
+            ("240.0.0.1", false),
+            ("::ffff:203.0.113.7", true),
             ("255.255.255.255", false),
             ("224.0.0.1", false),
             ("ff02::1", false),
@@ -259,6 +262,10 @@ mod tests {
         ] {
             assert_eq!(parse_server_ip("dst-ip", raw).is_ok(), ok, "{raw:?}");
         }
+        assert_eq!(
+            parse_server_ip("dst-ip", "::ffff:203.0.113.7").unwrap(),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct RegistryView {
     pub frontends: BTreeMap<u16, FrontendView>,
     /// Live servers left out because another name owns their frontend.
     pub conflicts: Vec<ConflictView>,
+    /// Live servers this peer does not serve because its own policy refuses
+    /// them (a forwarding loop, an address or port it does not allow).
+    pub refused: Vec<RefusedView>,
     /// The next instant (Unix ms) at which a lease ends and the view changes.
     pub next_expiry_ms: Option<u64>,
 }
@@ -46,6 +49,19 @@ pub struct ConflictView {
     pub server: SocketAddr,
     pub name: ServiceName,
     pub owner: ServiceName,
+}
+
+/// An entry this peer holds but does not serve, with who sent it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedView {
+    pub frontend: u16,
+    pub server: SocketAddr,
+    pub name: ServiceName,
+    /// The peer that accepted it.
+    pub peer: super::types::PeerId,
+    /// A stable label: `forwarding_loop`, `address_local`, `port_not_allowed`, …
+    pub reason: &'static str,
+    pub message: String,
 }
 
 impl RegistryView {
