@@ -114,6 +114,7 @@ class Mesh:
                     f'data-dir = "{p["data"]}"\ntoken-file = "{self.dir}/token"\n'
                     f'seeds = [{", ".join(seeds)}]\n'
                     f'[registry]\nmax-servers = 20000\nmax-frontends = 200\n'
+                    f'allowed-backends = ["0.0.0.0/0", "::/0", "127.0.0.0/8"]\n'
                     f'[haproxy]\nmin-reload-interval = "200ms"\nmin-slots = 8\n'
                     f'[mesh]\n{mesh}')
         return path

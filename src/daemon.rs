@@ -77,7 +77,8 @@ pub async fn run(
     );
     let generation = crate::store::next_generation(&settings.data_dir, SystemClock.now_ms())?;
     let origin = Origin::new(settings.node_id.clone(), generation);
-    let registry = Registry::new(origin, settings.registry.limits.clone(), policy);
+    let registry = Registry::new(origin, settings.registry.limits.clone(), policy)
+        .with_backends(settings.registry.backends.clone());
     let shared = Arc::new(SharedRegistry::new(
         registry,
         store,
@@ -168,7 +169,7 @@ pub async fn run(
             );
             None
         }
-        GossipTls::Quic { files, create } => {
+        GossipTls::Quic { files, create, crl } => {
             if *create && !(files.ca_cert.exists() && files.cert.exists() && files.key.exists()) {
                 if let Some(dir) = files.cert.parent() {
                     tls::ensure_single_peer_tls(dir, &settings.node_id)?;
@@ -184,7 +185,8 @@ pub async fn run(
             })?;
             Some(
                 QuicTransport::new(peer_tls, settings.gossip.interval)
-                    .with_metrics(metrics.clone()),
+                    .with_metrics(metrics.clone())
+                    .with_crl(crl.clone(), files.ca_cert.clone()),
             )
         }
     };
@@ -207,6 +209,8 @@ pub async fn run(
             identities: quic.as_ref().map(QuicTransport::identities),
             vrrp: vrrp_rx,
             metrics: Some(metrics.clone()),
+            own_ports: [api_port, settings.gossip.listen.port()].into(),
+            local_addrs: Some(crate::mesh::addresses::local_addrs),
         },
         gossip_transport,
         shared.clone(),
@@ -248,7 +252,7 @@ pub async fn run(
         }
         None => None,
     };
-    let api_limits = api::ConnLimits::default();
+    let api_limits = settings.api.limits.clone();
     let state = ApiState {
         registry: shared.clone(),
         token: Arc::new(token),

@@ -84,8 +84,17 @@ fn mesh_latency_buckets() -> [f64; 14] {
     ]
 }
 
+/// Entries not served, by the peer that accepted them and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub refused_entries: Family<RefusedLabels, Gauge>,
+    pub duplicate_node_ids: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub frontends: Gauge,
     pub servers: Gauge,
@@ -269,7 +278,21 @@ impl Metrics {
             "API connections closed at once because a cap was reached (per_source_cap, connection_cap)",
             api_connections_refused.clone(),
         );
+        let refused_entries = Family::<RefusedLabels, Gauge>::default();
+        registry.register(
+            "refused_entries",
+            "Entries held but not served because this peer's own policy or bounds refuse them, by the peer that accepted them and the reason",
+            refused_entries.clone(),
+        );
+        let duplicate_node_ids = Gauge::default();
+        registry.register(
+            "duplicate_node_ids",
+            "Node ids that two or more live peers claim at once (a stolen certificate or a cloned VM)",
+            duplicate_node_ids.clone(),
+        );
         Self {
+            duplicate_node_ids,
+            refused_entries,
             haproxy_servers,
             runtime_changes,
             peers,
@@ -328,6 +351,19 @@ impl Metrics {
         self.api_connections_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Sets the refused-entries gauges to `counts`, dropping those gone.
+    pub fn set_refused(&self, counts: &std::collections::BTreeMap<(String, &'static str), usize>) {
+        self.refused_entries.clear();
+        for ((peer, reason), n) in counts {
+            self.refused_entries
+                .get_or_create(&RefusedLabels {
+                    peer: peer.clone(),
+                    reason,
+                })
+                .set(*n as i64);
+        }
     }
 
     /// Counts an entry gossiped by a peer and refused (see [`refused_entry`]).

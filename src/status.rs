@@ -25,6 +25,34 @@ pub struct NodeStatus {
     /// The mesh as the mesh task computed it: convergence, lag, catching up.
     #[serde(default)]
     pub mesh: crate::mesh::MeshState,
+    /// Node ids that two or more live peers claim at once.
+    #[serde(default)]
+    pub duplicate_node_ids: Vec<String>,
+    /// A digest of this peer's registry policy (ports, backends, bounds).
+    #[serde(default)]
+    pub policy_digest: String,
+    /// Live peers publish a policy digest other than this peer's: they
+    /// accept and serve different things.
+    #[serde(default)]
+    pub policies_differ: bool,
+    /// Entries this peer holds or was sent but does not serve, because its
+    /// own policy or bounds refuse them (the first 100).
+    #[serde(default)]
+    pub refused: Vec<RefusedOut>,
+    /// How many entries are refused in all.
+    #[serde(default)]
+    pub refused_total: usize,
+}
+
+/// An entry this peer does not serve, who accepted it and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusedOut {
+    pub frontend_port: u16,
+    pub server: String,
+    pub name: String,
+    pub peer: String,
+    pub reason: String,
+    pub message: String,
 }
 
 /// Who holds the floating IP, as keepalived reports it through the mesh.
@@ -106,6 +134,12 @@ pub struct PeerStatus {
     pub registry_digest: Option<String>,
     pub config_digest: Option<String>,
     pub vrrp_state: Option<String>,
+    /// A digest of the peer's registry policy (ports, backends, bounds).
+    #[serde(default)]
+    pub policy_digest: Option<String>,
+    /// Another live peer claims the same node id (each gets a row).
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// Whether every live peer reports the same registry and config digests.

@@ -17,7 +17,9 @@ use rustls::RootCertStore;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 
 use crate::registry::PeerId;
 use crate::store::{StoreError, write_atomic_mode};
@@ -31,6 +33,12 @@ pub const GOSSIP_ALPN: &[u8] = b"lbmesh-gossip/1";
 
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
+/// The revocation list `lbmesh ca revoke` writes beside the CA, and peers load.
+pub const CRL: &str = "crl.pem";
+/// Every certificate the CA issued: `serial<TAB>node<TAB>not-after (Unix s)`.
+pub const ISSUED: &str = "issued.tsv";
+/// Every certificate revoked: `serial<TAB>node<TAB>when (Unix s)`.
+pub const REVOKED: &str = "revoked.tsv";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -185,6 +193,145 @@ impl Ca {
     }
 }
 
+/// The serial number of a PEM certificate, as hex.
+pub fn serial_of_pem(pem: &str) -> Result<String, String> {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .ok_or("no certificate")?
+        .map_err(|e| e.to_string())?;
+    serial_of(&der)
+}
+
+/// The serial number of a certificate, as hex.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    Ok(hex::encode(x509.raw_serial()))
+}
+
+fn ledger(dir: &Path, name: &str) -> Result<Vec<(String, String, i64)>, TlsError> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(TlsError::Io { path, error }),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            [serial, node, t] if hex::decode(serial).is_ok() => {
+                out.push(((*serial).into(), (*node).into(), t.parse().unwrap_or(0)))
+            }
+            _ => {
+                return Err(TlsError::Bad {
+                    path,
+                    problem: format!("line {} is not serial, node, time", i + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn append_ledger(dir: &Path, name: &str, rows: &[(String, String, i64)]) -> Result<(), TlsError> {
+    let mut all = ledger(dir, name)?;
+    all.extend_from_slice(rows);
+    let text: String = all
+        .iter()
+        .map(|(s, n, t)| format!("{s}\t{n}\t{t}\n"))
+        .collect();
+    write_atomic_mode(&dir.join(name), text.as_bytes(), Some(0o644))?;
+    Ok(())
+}
+
+impl Ca {
+    /// Notes a certificate this CA issued in `dir`'s ledger, so that
+    /// `lbmesh ca revoke --node-id` can find it later.
+    pub fn record_issued(dir: &Path, node: &PeerId, cert_pem: &str) -> Result<(), TlsError> {
+        let serial = serial_of_pem(cert_pem).map_err(|problem| TlsError::Bad {
+            path: dir.join(ISSUED),
+            problem,
+        })?;
+        let (_, not_after) = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .and_then(|der| {
+                x509_parser::parse_x509_certificate(&der)
+                    .ok()
+                    .map(|(r, c)| (r.len(), c.validity().not_after.timestamp()))
+            })
+            .unwrap_or((0, 0));
+        append_ledger(dir, ISSUED, &[(serial, node.to_string(), not_after)])
+    }
+
+    /// Revokes every certificate issued to `node` that is not revoked yet,
+    /// and writes `crl.pem` in `dir` with every revocation so far, signed by
+    /// this CA. Returns how many certificates this call revoked.
+    pub fn revoke(&self, dir: &Path, node: &PeerId) -> Result<usize, TlsError> {
+        let issued = ledger(dir, ISSUED)?;
+        let revoked = ledger(dir, REVOKED)?;
+        let now = offset_now();
+        let new: Vec<(String, String, i64)> = issued
+            .iter()
+            .filter(|(s, n, _)| n == node.as_str() && !revoked.iter().any(|(r, _, _)| r == s))
+            .map(|(s, n, _)| (s.clone(), n.clone(), now.unix_timestamp()))
+            .collect();
+        append_ledger(dir, REVOKED, &new)?;
+        let all = ledger(dir, REVOKED)?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(3650),
+            crl_number: rcgen::SerialNumber::from(now.unix_timestamp().max(1) as u64),
+            issuing_distribution_point: None,
+            revoked_certs: all
+                .iter()
+                .map(|(s, _, t)| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(
+                        &hex::decode(s).unwrap_or_default(),
+                    ),
+                    revocation_time: time::OffsetDateTime::from_unix_timestamp(*t).unwrap_or(now),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        let crl = params.signed_by(&issuer)?;
+        write_atomic_mode(&dir.join(CRL), crl.pem()?.as_bytes(), Some(0o644))?;
+        Ok(new.len())
+    }
+}
+
+/// Loads a revocation list (PEM) and checks that `ca_cert` signed it.
+/// Returns the list and the revoked serial numbers (hex).
+pub fn load_crl(
+    path: &Path,
+    ca_cert: &Path,
+) -> Result<(CertificateRevocationListDer<'static>, Vec<String>), TlsError> {
+    let bad = |problem: String| TlsError::Bad {
+        path: path.to_owned(),
+        problem,
+    };
+    let der = rustls_pemfile::crls(&mut read(path)?.as_bytes())
+        .next()
+        .ok_or_else(|| bad("holds no revocation list (X509 CRL)".into()))?
+        .map_err(|e| bad(format!("bad PEM: {e}")))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| bad(format!("not a revocation list: {e}")))?;
+    let ca = load_certs(ca_cert)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca[0])
+        .map_err(|e| bad(format!("unreadable CA certificate: {e}")))?;
+    crl.verify_signature(ca.public_key())
+        .map_err(|e| bad(format!("not signed by the cluster CA: {e}")))?;
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
+    Ok((der, serials))
+}
+
 /// A subject alternative name: an IP address, or else a DNS name.
 fn san(name: &str) -> Result<SanType, rcgen::Error> {
     Ok(match name.parse::<std::net::IpAddr>() {
@@ -259,6 +406,8 @@ pub struct PeerTls {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    /// Revoked peer certificates: refused in every handshake.
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -297,6 +446,7 @@ impl PeerTls {
             roots: Arc::new(roots),
             chain,
             key: Arc::new(key),
+            crls: Vec::new(),
         };
         tls.verifier()?
             .verify_server_cert(
@@ -315,17 +465,36 @@ impl PeerTls {
         Ok(tls)
     }
 
+    /// The same material, refusing the certificates `crl` revokes.
+    pub fn with_crl(&self, crl: CertificateRevocationListDer<'static>) -> PeerTls {
+        PeerTls {
+            crls: vec![crl],
+            ..self.clone()
+        }
+    }
+
     fn verifier(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, TlsError> {
-        rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Rustls(e.to_string()))
+        let mut b = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        );
+        if !self.crls.is_empty() {
+            b = b
+                .with_crls(self.crls.clone())
+                .only_check_end_entity_revocation();
+        }
+        b.build().map_err(|e| TlsError::Rustls(e.to_string()))
     }
 
     /// Accepts only clients with a certificate from the cluster CA.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut b = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        if !self.crls.is_empty() {
+            b = b
+                .with_crls(self.crls.clone())
+                .only_check_end_entity_revocation();
+        }
+        let verifier = b.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -352,7 +521,7 @@ impl PeerTls {
         let mut c = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_root_certificates(self.roots.clone())
+            .with_webpki_verifier(self.verifier()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         c.alpn_protocols = vec![GOSSIP_ALPN.to_vec()];
@@ -513,5 +682,47 @@ mod tests {
             0o600
         );
         PeerTls::load(&f, &node).unwrap();
+    }
+
+    #[test]
+    fn revoked_certificates_are_refused_and_only_the_ca_can_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("test", Duration::from_secs(3600)).unwrap();
+        ca.save(dir.path()).unwrap();
+        let (lb1, lb2): (PeerId, PeerId) = ("lb1".parse().unwrap(), "lb2".parse().unwrap());
+        for node in [&lb1, &lb2] {
+            let pair = ca.issue(node, &[], Duration::from_secs(600)).unwrap();
+            Ca::record_issued(dir.path(), node, &pair.0).unwrap();
+            write_pair(dir.path(), node.as_str(), pair);
+        }
+        assert_eq!(ca.revoke(dir.path(), &lb2).unwrap(), 1);
+        assert_eq!(ca.revoke(dir.path(), &lb2).unwrap(), 0, "already revoked");
+        let (crl, serials) = load_crl(&dir.path().join(CRL), &dir.path().join(CA_CERT)).unwrap();
+        let tls1 = PeerTls::load(&files(dir.path(), "lb1"), &lb1).unwrap();
+        let tls2 = PeerTls::load(&files(dir.path(), "lb2"), &lb2).unwrap();
+        assert_eq!(serials, vec![serial_of(&tls2.chain[0]).unwrap()]);
+        let verifier = tls1.with_crl(crl).verifier().unwrap();
+        let check = |t: &PeerTls| {
+            verifier.verify_server_cert(
+                &t.chain[0],
+                &[],
+                &ServerName::try_from(PEER_NAME).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        let err = check(&tls2).unwrap_err().to_string();
+        assert!(err.contains("Revoked"), "{err}");
+        check(&tls1).unwrap();
+        // A list signed by another CA revokes nothing.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Ca::generate("other", Duration::from_secs(3600)).unwrap();
+        std::fs::copy(dir.path().join(ISSUED), other_dir.path().join(ISSUED)).unwrap();
+        other.revoke(other_dir.path(), &lb1).unwrap();
+        let err = load_crl(&other_dir.path().join(CRL), &dir.path().join(CA_CERT)).unwrap_err();
+        assert!(
+            err.to_string().contains("not signed by the cluster CA"),
+            "{err}"
+        );
     }
 }

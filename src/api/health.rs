@@ -81,6 +81,14 @@ pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
 }
 
 pub(super) async fn metrics(State(st): State<ApiState>) -> Response {
+    let now = st.registry.now_ms();
+    let counts = st.registry.with(|r| r.refused_counts(now));
+    st.metrics.set_refused(
+        &counts
+            .into_iter()
+            .map(|((peer, reason), n)| ((peer.to_string(), reason), n))
+            .collect(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -198,6 +198,30 @@ pub fn hook_command(fields: &Fields) -> Result<Command, ApiError> {
     }
 }
 
+/// Body of `PUT /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    name: ServiceName,
+    #[serde(default)]
+    send_proxy: bool,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// The typed registration body → a command for `key`. A key given twice is
+/// refused (serde's derive says "duplicate field").
+pub fn register_command(key: Key, body: &[u8]) -> Result<Command, ApiError> {
+    let b: RegisterBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
+    Ok(Command::Register {
+        key,
+        name: b.name,
+        send_proxy: b.send_proxy,
+        ttl: b.ttl_seconds.map(Duration::from_secs),
+    })
+}
+
 /// What `?wait=applied&timeout=S` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WaitQuery {

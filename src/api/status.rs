@@ -11,7 +11,9 @@ use super::ApiState;
 use super::auth::authorize;
 use crate::haproxy::apply::ApplyStatus;
 use crate::keepalived::Vrrp;
-use crate::status::{ApplyReportOut, HaproxyStatus, NodeStatus, RegistryStatus, VrrpStatus};
+use crate::status::{
+    ApplyReportOut, HaproxyStatus, NodeStatus, RefusedOut, RegistryStatus, VrrpStatus,
+};
 
 /// Whether HAProxy serves the latest registry change (not only the last one
 /// the applier picked up).
@@ -40,6 +42,27 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
             Duration::from_secs(1),
         )
         .await;
+    let (policy_digest, refused, counts) = st.registry.with(|r| {
+        (
+            crate::mesh::addresses::policy_digest(r),
+            r.refused(now, 100),
+            r.refused_counts(now),
+        )
+    });
+    let policies_differ = mesh
+        .peers
+        .iter()
+        .filter(|p| p.live)
+        .filter_map(|p| p.policy_digest.as_deref())
+        .any(|d| d != policy_digest);
+    let mut duplicate_node_ids: Vec<String> = mesh
+        .peers
+        .iter()
+        .filter(|p| p.duplicate)
+        .map(|p| p.node_id.clone())
+        .collect();
+    duplicate_node_ids.sort();
+    duplicate_node_ids.dedup();
     NodeStatus {
         node_id,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -88,6 +111,21 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
         peers: mesh.peers.clone(),
         converged: mesh.state.converged,
         mesh: mesh.state.clone(),
+        duplicate_node_ids,
+        policy_digest,
+        policies_differ,
+        refused: refused
+            .into_iter()
+            .map(|r| RefusedOut {
+                frontend_port: r.frontend,
+                server: r.server.to_string(),
+                name: r.name.to_string(),
+                peer: r.peer.to_string(),
+                reason: r.reason.into(),
+                message: r.message,
+            })
+            .collect(),
+        refused_total: counts.values().sum(),
     }
 }
 

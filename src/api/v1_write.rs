@@ -1,32 +1,19 @@
 //! The typed writes: `PUT` and `DELETE /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
-use serde::Deserialize;
 
 use super::ApiState;
 use super::auth::authorize;
 use super::error::{ApiError, read_body};
 use super::extract::ApiPath;
-use super::input::{BodyFormat, body_format, wait_query};
+use super::input::{BodyFormat, body_format, register_command, wait_query};
 use super::submit::{ClientIp, respond, submit};
 use crate::registry::types::{parse_port, parse_server_ip};
 use crate::registry::{Command, FieldError, Key, ServiceName};
-
-/// Body of `PUT /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterBody {
-    name: ServiceName,
-    #[serde(default)]
-    send_proxy: bool,
-    #[serde(default)]
-    ttl_seconds: Option<u64>,
-}
 
 fn path_key(frontend: &str, ip: &str, port: &str) -> Result<Key, ApiError> {
     Ok(Key {
@@ -58,14 +45,7 @@ pub(super) async fn register(
             ));
         }
         let wait = wait_query(query.as_deref(), st.max_wait)?;
-        let b: RegisterBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("bad body: {e}")))?;
-        let cmd = Command::Register {
-            key,
-            name: b.name,
-            send_proxy: b.send_proxy,
-            ttl: b.ttl_seconds.map(Duration::from_secs),
-        };
+        let cmd = register_command(key, &body)?;
         submit(&st, cmd, wait, client).await
     }
     .await;

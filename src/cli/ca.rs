@@ -1,4 +1,4 @@
-//! `lbmesh ca init|issue`: the cluster certificate authority for peer links.
+//! `lbmesh ca init|issue|revoke`: the cluster certificate authority for peer links.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +12,19 @@ pub enum CaCmd {
     Init(CaInitArgs),
     /// Issue a peer certificate for a node id, signed by the cluster CA.
     Issue(CaIssueArgs),
+    /// Revoke every certificate issued so far for a node id (a stolen key):
+    /// writes crl.pem beside ca.crt, which running peers load within seconds.
+    Revoke(CaRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaRevokeArgs {
+    /// The node id whose certificates are revoked; issue it a new one afterwards.
+    #[arg(long)]
+    pub node_id: String,
+    /// Where ca.crt and ca.key are.
+    #[arg(long, env = "LBMESH_CA_DIR", default_value = "lbmesh-ca")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -87,12 +100,39 @@ pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
             );
             crate::store::write_atomic_mode(&key_path, key.as_bytes(), Some(0o600))?;
             crate::store::write_atomic_mode(&cert_path, cert.as_bytes(), Some(0o644))?;
+            Ca::record_issued(&a.dir, &node, &cert)?;
             println!(
                 "issued a certificate for node {node}:\n  {}\n  {}  (mode 0600)\nOn that peer set mesh.ca-cert = \"{}\", mesh.cert and mesh.key to these.",
                 cert_path.display(),
                 key_path.display(),
                 a.dir.join(CA_CERT).display()
             );
+        }
+        CaCmd::Revoke(a) => {
+            let node: crate::registry::PeerId =
+                a.node_id
+                    .parse()
+                    .map_err(|e: crate::registry::FieldError| {
+                        anyhow::anyhow!("--node-id: {}", e.problem)
+                    })?;
+            let ca = Ca::load(&a.dir)?;
+            let n = ca.revoke(&a.dir, &node)?;
+            let crl = a.dir.join(crate::tls::CRL);
+            if n == 0 {
+                println!(
+                    "no certificate of node {node} left to revoke (see {}); {} is up to date",
+                    a.dir.join(crate::tls::ISSUED).display(),
+                    crl.display()
+                );
+            } else {
+                println!(
+                    "revoked {n} certificate(s) of node {node}:
+  {}
+Copy it beside ca.crt on every peer (mesh.crl); running peers refuse those certificates within seconds.
+Issue node {node} a new certificate with `lbmesh ca issue --node-id {node}`.",
+                    crl.display()
+                );
+            }
         }
     }
     Ok(())

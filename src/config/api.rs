@@ -22,6 +22,18 @@ pub struct ApiFile {
     pub max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
+    /// Connections open at once (loopback callers have a reserve beyond it).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one source address.
+    pub max_connections_per_source: Option<usize>,
+    /// Extra connections only loopback callers (keepalived's check) may use.
+    pub local_reserve: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The phone-home API.
@@ -33,6 +45,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The longest `?wait=applied`.
     pub max_wait: Duration,
+    /// Connection caps and timeouts.
+    pub limits: crate::api::ConnLimits,
 }
 
 /// How the API serves HTTPS.
@@ -117,10 +131,44 @@ pub(super) fn resolve(
         "api.max-wait",
         file.max_wait.unwrap_or(Duration::from_secs(30)),
     )?;
+    let d = crate::api::ConnLimits::default();
+    let limits = crate::api::ConnLimits {
+        max_connections: file.max_connections.unwrap_or(d.max_connections),
+        max_per_source: file.max_connections_per_source.unwrap_or(d.max_per_source),
+        local_reserve: file.local_reserve.unwrap_or(d.local_reserve),
+        header_timeout: positive(
+            "api.header-timeout",
+            file.header_timeout.unwrap_or(d.header_timeout),
+        )?,
+        body_timeout: positive(
+            "api.body-timeout",
+            file.body_timeout.unwrap_or(d.body_timeout),
+        )?,
+        idle_timeout: positive(
+            "api.idle-timeout",
+            file.idle_timeout.unwrap_or(d.idle_timeout),
+        )?,
+    };
+    for (key, v) in [
+        ("api.max-connections", limits.max_connections),
+        ("api.max-connections-per-source", limits.max_per_source),
+    ] {
+        if !(1..=1_000_000).contains(&v) {
+            return Err(invalid(key, v, "must be from 1 to 1000000"));
+        }
+    }
+    if limits.local_reserve > 100_000 {
+        return Err(invalid(
+            "api.local-reserve",
+            limits.local_reserve,
+            "must be at most 100000",
+        ));
+    }
     Ok(ApiSettings {
         listen,
         tls,
         max_body_bytes,
         max_wait,
+        limits,
     })
 }

@@ -32,6 +32,8 @@ pub struct MeshFile {
     /// This peer's certificate and key from `lbmesh ca issue`.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The revocation list from `lbmesh ca revoke` [default: crl.pem beside ca-cert].
+    pub crl: Option<PathBuf>,
     pub cluster_id: Option<String>,
     /// The gossip address other peers use, when gossip-listen is a wildcard.
     pub advertise: Option<SocketAddr>,
@@ -62,6 +64,8 @@ pub enum GossipTls {
     Quic {
         files: crate::tls::PeerTlsFiles,
         create: bool,
+        /// The revocation list loaded, and reloaded when it changes, if it exists.
+        crl: PathBuf,
     },
 }
 
@@ -171,9 +175,14 @@ pub(super) fn resolve(
                         .unwrap_or_else(|| tls_dir.join(format!("{node_id}.key"))),
                 ),
             };
+            let crl = paths.abs(
+                file.crl
+                    .unwrap_or_else(|| files.ca_cert.with_file_name(crate::tls::CRL)),
+            );
             GossipTls::Quic {
                 files,
                 create: !explicit && seeds.is_empty(),
+                crl,
             }
         }
     };

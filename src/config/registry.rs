@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, invalid, positive};
-use crate::registry::{Limits, PortRange};
+use crate::registry::{BackendPolicy, Limits, PortRange};
 use crate::shared::{AckMode, AckPolicy};
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +21,8 @@ pub struct RegistryFile {
     pub max_servers_per_frontend: Option<usize>,
     pub max_frontends: Option<usize>,
     pub allowed_ports: Option<Vec<PortRange>>,
+    /// Networks backend servers may be in (CIDRs or single addresses).
+    pub allowed_backends: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew: Option<Duration>,
     /// When a write is acknowledged: "replicated" (default) or "local".
@@ -38,6 +40,8 @@ pub struct RegistrySettings {
     pub allowed_ports: Vec<PortRange>,
     /// When writes are acknowledged.
     pub ack: AckPolicy,
+    /// Backend addresses clients may register.
+    pub backends: BackendPolicy,
 }
 
 pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> {
@@ -76,6 +80,33 @@ pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> 
             return Err(invalid(key, v, format!("must be from 1 to {max}")));
         }
     }
+    let backends = match r.allowed_backends {
+        None => BackendPolicy::default(),
+        Some(list) => {
+            let mut nets = Vec::with_capacity(list.len());
+            for raw in &list {
+                let net = raw
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "registry.allowed-backends",
+                            raw,
+                            "must be networks like \"10.0.0.0/8\" or addresses",
+                        )
+                    })?;
+                nets.push(net);
+            }
+            if nets.is_empty() {
+                return Err(invalid(
+                    "registry.allowed-backends",
+                    "[]",
+                    "allows no backend at all; leave it out for every unicast address but loopback and link-local",
+                ));
+            }
+            BackendPolicy::new(nets)
+        }
+    };
     let ack = AckPolicy {
         mode: r.ack.unwrap_or_default(),
         timeout: r.ack_timeout.unwrap_or(AckPolicy::default().timeout),
@@ -91,5 +122,6 @@ pub(super) fn resolve(r: RegistryFile) -> Result<RegistrySettings, ConfigError> 
         limits,
         allowed_ports: r.allowed_ports.unwrap_or_default(),
         ack,
+        backends,
     })
 }

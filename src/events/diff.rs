@@ -123,6 +123,8 @@ mod tests {
             registry_digest: None,
             config_digest: None,
             vrrp_state: None,
+            policy_digest: None,
+            duplicate: false,
         }
     }
 

@@ -185,6 +185,8 @@ impl Cluster {
                 identities: None,
                 vrrp: watch::channel(None).1,
                 metrics: None,
+                own_ports: Default::default(),
+                local_addrs: None,
             },
             &net,
             shared.clone(),

@@ -11,8 +11,10 @@
 //! peer's digests and computes the one [`MeshSnapshot`] of the mesh.
 
 pub mod ack;
+pub mod addresses;
 pub mod cluster;
 pub mod codec;
+pub mod duplicates;
 mod observe;
 pub mod quic;
 pub mod snapshot;
@@ -64,6 +66,11 @@ pub struct MeshSettings {
     /// This peer's VRRP state to publish (from keepalived).
     pub vrrp: watch::Receiver<Option<String>>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// lbmesh's listening ports on this VM: no backend may point at them.
+    pub own_ports: std::collections::BTreeSet<u16>,
+    /// Reads this VM's interface addresses, published so that no peer
+    /// accepts a backend that loops back here (none in simulations).
+    pub local_addrs: Option<addresses::ReadAddrs>,
 }
 
 impl MeshSettings {
@@ -197,6 +204,7 @@ impl Mesh {
         let current = Arc::new(ArcSwap::from_pointee(MeshSnapshot::default()));
         let (updates_tx, updates) = watch::channel(0);
         let poke = Arc::new(Notify::new());
+        let registry_policy = registry.with(|r| addresses::policy_digest(r));
         let mut observe = observe::Observe {
             handle: handle.clone(),
             me: id.clone(),
@@ -218,6 +226,14 @@ impl Mesh {
             digest: None,
             published: None,
             events: Default::default(),
+            guard: observe::GuardInputs {
+                policy: registry_policy,
+                own_ports: settings.own_ports.clone(),
+                local_addrs: settings.local_addrs,
+                published_at: None,
+            },
+            beats: Default::default(),
+            duplicates: BTreeMap::new(),
         };
         // The first snapshot before anyone can read one.
         observe.step(true).await;

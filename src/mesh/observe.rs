@@ -12,6 +12,8 @@ use chitchat::{ChitchatHandle, ChitchatId};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::addresses;
+use super::duplicates::DuplicateWatch;
 use super::quic::Identities;
 use super::snapshot::{
     self, CatchUpRule, Incarnation, META_SYNC, MeshSnapshot, Observation, Observed, SyncState,
@@ -59,6 +61,22 @@ pub(super) struct Observe {
     pub published: Option<SyncState>,
     /// Turns changes between snapshots into events.
     pub events: crate::events::diff::MeshWatch,
+    pub guard: GuardInputs,
+    /// Heartbeats of every incarnation, to see one node id beating twice.
+    pub beats: DuplicateWatch,
+    /// The duplicates last reported.
+    pub duplicates: BTreeMap<String, Vec<ChitchatId>>,
+}
+
+/// What this peer publishes so that no peer builds a forwarding loop to it,
+/// and so that differing policies show.
+pub(super) struct GuardInputs {
+    /// The digest of this peer's registry policy (`meta/policy`).
+    pub policy: String,
+    pub own_ports: std::collections::BTreeSet<u16>,
+    pub local_addrs: Option<addresses::ReadAddrs>,
+    /// When `meta/addrs` was last published (interfaces change: every 2 s).
+    pub published_at: Option<Instant>,
 }
 
 /// A display-safe copy of a value another peer published about itself.
@@ -88,6 +106,8 @@ fn row(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> PeerStatus {
         registry_digest,
         config_digest,
         vrrp_state: meta(state, META_VRRP),
+        policy_digest: meta(state, addresses::META_POLICY),
+        duplicate: false,
     }
 }
 
@@ -159,6 +179,22 @@ impl Observe {
             registry_digest: Some(registry_digest),
             config_digest,
             vrrp_state: vrrp_state.clone(),
+            policy_digest: Some(self.guard.policy.clone()),
+            duplicate: false,
+        };
+        let addrs = match self.guard.local_addrs {
+            _ if self
+                .guard
+                .published_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2)) =>
+            {
+                None
+            }
+            read => {
+                self.guard.published_at = Some(Instant::now());
+                let own = read.map(|f| f()).unwrap_or_default();
+                Some(addresses::encode(&own, &self.guard.own_ports))
+            }
         };
         let prev = self.snapshot.load_full();
         let chitchat = self.handle.chitchat();
@@ -181,6 +217,35 @@ impl Observe {
                     *slot = (id, state);
                 }
             }
+            // Backends must not point at any trusted peer (this one included).
+            let guard = addresses::guard(
+                &Default::default(),
+                &self.guard.own_ports,
+                cc.node_states()
+                    .iter()
+                    .filter(|(id, _)| trusted(self.identities.as_deref(), id).is_ok())
+                    .filter_map(|(_, st)| st.get(addresses::META_ADDRS)),
+            );
+            if self.registry.with(|r| r.set_loop_guard(guard)) {
+                self.registry.notify();
+            }
+            // One node id beating in two places (this one's included).
+            let now = Instant::now().into_std();
+            for (id, state) in cc.node_states() {
+                self.beats.observe(id, state.heartbeat().into(), now);
+            }
+            self.beats.retain(|id| cc.node_states().contains_key(id));
+            let duplicates = self.beats.duplicates(now);
+            let duplicate_rows: Vec<PeerStatus> = duplicates
+                .values()
+                .flatten()
+                .filter_map(|id| {
+                    let state = cc.node_states().get(id)?;
+                    let mut r = row(id, state, live.contains(id));
+                    r.duplicate = true;
+                    Some(r)
+                })
+                .collect();
             let mut catching_up: Vec<SocketAddr> = Vec::new();
             let others: Vec<Observed> = newest
                 .into_values()
@@ -237,6 +302,10 @@ impl Observe {
                 catching_up.clear();
             }
             state.set(META_DIGEST, &own_digest);
+            state.set(addresses::META_POLICY, &self.guard.policy);
+            if let Some(a) = addrs {
+                state.set(addresses::META_ADDRS, a);
+            }
             match vrrp_state {
                 Some(v) => state.set(META_VRRP, v),
                 None => {
@@ -245,6 +314,14 @@ impl Observe {
                     }
                 }
             }
+            let mut snap = snap;
+            if !duplicates.is_empty() {
+                // Each incarnation of a duplicated node id is a row of its own.
+                snap.peers.retain(|p| !duplicates.contains_key(&p.node_id));
+                snap.peers.extend(duplicate_rows);
+                snap.peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            }
+            self.report_duplicates(&duplicates);
             (snap, catching_up)
         };
         // A peer catching up gets the new list at once, not at its next round.
@@ -256,6 +333,31 @@ impl Observe {
             .update(self.registry.events(), &self.me.node_id, &snap.peers);
         self.snapshot.store(Arc::new(snap));
         self.updates.send_modify(|n| *n += 1);
+    }
+
+    /// Logs each new duplicate node id once, and sets its metric.
+    fn report_duplicates(&mut self, duplicates: &BTreeMap<String, Vec<ChitchatId>>) {
+        if *duplicates == self.duplicates {
+            return;
+        }
+        for (node, ids) in duplicates {
+            if self.duplicates.contains_key(node) {
+                continue;
+            }
+            let addrs: Vec<String> = ids
+                .iter()
+                .map(|i| i.gossip_advertise_addr.to_string())
+                .collect();
+            tracing::error!(
+                node = %node,
+                addresses = ?addrs,
+                "two live peers claim one node id (a stolen certificate or a cloned VM?); revoke the certificate that is not yours with `lbmesh ca revoke`"
+            );
+        }
+        if let Some(m) = &self.metrics {
+            m.duplicate_node_ids.set(duplicates.len() as i64);
+        }
+        self.duplicates = duplicates.clone();
     }
 
     /// Logs catching up, and sets the metrics.

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::transport::MAX_MESSAGE;
 use crate::registry::PeerId;
-use crate::tls::{PEER_NAME, PeerTls, node_id_of};
+use crate::tls::{PEER_NAME, PeerTls, node_id_of, serial_of};
 
 /// Which node each authenticated peer address presented a certificate for.
 #[derive(Debug, Default)]
@@ -163,6 +164,26 @@ impl Links {
         });
     }
 
+    /// Closes every link whose peer certificate has a serial in `revoked`
+    /// (hex); returns how many.
+    fn close_revoked(&self, revoked: &[String]) -> usize {
+        let mut closed = 0;
+        for links in self.lock().values() {
+            for l in links {
+                let serial = l
+                    .conn
+                    .peer_identity()
+                    .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+                    .and_then(|certs| certs.first().and_then(|c| serial_of(c).ok()));
+                if serial.is_some_and(|s| revoked.contains(&s)) {
+                    l.conn.close(REVOKED.into(), b"certificate revoked");
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Forgets a link that has closed.
     fn remove(&self, addr: SocketAddr, conn: &quinn::Connection) {
         let mut all = self.lock();
@@ -201,6 +222,8 @@ pub struct QuicTransport {
     liveness: Liveness,
     identities: Arc<Identities>,
     refusals: Arc<RefusalLog>,
+    /// The revocation list to load and reload, and the CA that signs it.
+    crl: Option<(PathBuf, PathBuf)>,
 }
 
 impl QuicTransport {
@@ -211,6 +234,17 @@ impl QuicTransport {
             liveness: Liveness::for_gossip_interval(gossip_interval),
             identities: Arc::default(),
             refusals: Arc::default(),
+            crl: None,
+        }
+    }
+
+    /// Refuses the certificates the revocation list at `crl` (signed by the
+    /// CA at `ca_cert`) revokes, reloading it when it changes: links of a
+    /// certificate revoked while connected are closed.
+    pub fn with_crl(self, crl: PathBuf, ca_cert: PathBuf) -> Self {
+        Self {
+            crl: Some((crl, ca_cert)),
+            ..self
         }
     }
 
@@ -251,6 +285,69 @@ impl QuicTransport {
     }
 }
 
+/// The application close code of a link whose certificate was revoked.
+const REVOKED: u32 = 3;
+
+fn modified(p: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The endpoint's server and client configs for `tls`.
+fn endpoint_configs(
+    tls: &PeerTls,
+    transport: &Arc<quinn::TransportConfig>,
+) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+    let server_crypto = QuicServerConfig::try_from(Arc::new(tls.server_config()?))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = QuicClientConfig::try_from(Arc::new(tls.client_config()?))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport.clone());
+    Ok((server, client))
+}
+
+/// Reloads the revocation list when its file changes (checked every 2 s):
+/// new handshakes refuse what it revokes, and open links of a revoked
+/// certificate are closed at once. A list that does not load (torn copy,
+/// wrong signer) is logged and the current one kept.
+async fn watch_crl(
+    peers: Arc<Peers>,
+    tls: PeerTls,
+    transport: Arc<quinn::TransportConfig>,
+    (crl, ca, mut seen): (PathBuf, PathBuf, Option<std::time::SystemTime>),
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = modified(&crl);
+        if now.is_none() || now == seen {
+            continue;
+        }
+        let loaded = crate::tls::load_crl(&crl, &ca)
+            .map_err(anyhow::Error::from)
+            .and_then(|(der, serials)| {
+                let (server, client) = endpoint_configs(&tls.with_crl(der), &transport)?;
+                Ok((server, client, serials))
+            });
+        match loaded {
+            Ok((server, client, serials)) => {
+                seen = now;
+                peers.endpoint.set_server_config(Some(server));
+                peers.client.store(Arc::new(client));
+                let closed = peers.links.close_revoked(&serials);
+                tracing::warn!(
+                    crl = %crl.display(),
+                    revoked = serials.len(),
+                    closed_links = closed,
+                    "loaded a new peer certificate revocation list"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(crl = %crl.display(), error = %format!("{e:#}"), "cannot load the changed revocation list; keeping the current one")
+            }
+        }
+    }
+}
+
 fn peer_node(conn: &quinn::Connection) -> Result<PeerId, String> {
     let certs = conn
         .peer_identity()
@@ -263,12 +360,18 @@ fn peer_node(conn: &quinn::Connection) -> Result<PeerId, String> {
 #[async_trait]
 impl Transport for QuicTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let server_crypto = QuicServerConfig::try_from(Arc::new(self.tls.server_config()?))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(self.transport_config());
-        let client_crypto = QuicClientConfig::try_from(Arc::new(self.tls.client_config()?))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(self.transport_config());
+        let mut tls = self.tls.clone();
+        let mut crl_stamp = None;
+        if let Some((crl, ca)) = &self.crl {
+            if crl.exists() {
+                crl_stamp = modified(crl);
+                let (der, serials) = crate::tls::load_crl(crl, ca)?;
+                tracing::info!(crl = %crl.display(), revoked = serials.len(), "loaded the peer certificate revocation list");
+                tls = tls.with_crl(der);
+            }
+        }
+        let transport = self.transport_config();
+        let (server, client) = endpoint_configs(&tls, &transport)?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
         let mut endpoint = quinn::Endpoint::new(
@@ -277,10 +380,11 @@ impl Transport for QuicTransport {
             std::net::UdpSocket::bind(listen_addr)?,
             runtime,
         )?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
 
         let (inbox_tx, inbox) = mpsc::channel(4096);
         let peers = Arc::new(Peers {
+            client: arc_swap::ArcSwap::from_pointee(client.clone()),
             endpoint: endpoint.clone(),
             inbox: inbox_tx,
             links: Links::default(),
@@ -289,11 +393,20 @@ impl Transport for QuicTransport {
             refusals: self.refusals.clone(),
         });
         let accept = tokio::spawn(accept_loop(peers.clone()));
+        let crl_watch = self.crl.clone().map(|(crl, ca)| {
+            tokio::spawn(watch_crl(
+                peers.clone(),
+                self.tls.clone(),
+                transport,
+                (crl, ca, crl_stamp),
+            ))
+        });
         Ok(Box::new(QuicSocket {
             peers,
             inbox,
             senders: HashMap::new(),
             accept,
+            crl_watch,
         }))
     }
 }
@@ -301,6 +414,8 @@ impl Transport for QuicTransport {
 /// What the accept loop, the readers and the senders of one endpoint share.
 struct Peers {
     endpoint: quinn::Endpoint,
+    /// The client side of new links (replaced when the revocation list changes).
+    client: arc_swap::ArcSwap<quinn::ClientConfig>,
     inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
     links: Links,
     write_timeout: Duration,
@@ -335,7 +450,8 @@ impl Peers {
     /// Opens a link to `to`.
     async fn connect(self: &Arc<Self>, to: SocketAddr) -> Option<quinn::Connection> {
         let began = Instant::now();
-        match connect(&self.endpoint, to).await {
+        let client = self.client.load().as_ref().clone();
+        match connect(&self.endpoint, client, to).await {
             Ok(c) => self.admit(to, c, true, began),
             Err(why) => {
                 tracing::debug!(%to, %why, "cannot reach peer");
@@ -391,6 +507,7 @@ struct QuicSocket {
     inbox: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
     senders: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     accept: JoinHandle<()>,
+    crl_watch: Option<JoinHandle<()>>,
 }
 
 #[async_trait]
@@ -427,6 +544,9 @@ impl Socket for QuicSocket {
 impl Drop for QuicSocket {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Some(w) = &self.crl_watch {
+            w.abort();
+        }
         self.peers.endpoint.close(0u32.into(), b"shutting down");
     }
 }
@@ -470,8 +590,14 @@ async fn sender(peers: Arc<Peers>, to: SocketAddr, mut queue: mpsc::Receiver<Vec
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, to: SocketAddr) -> Result<quinn::Connection, String> {
-    let connecting = endpoint.connect(to, PEER_NAME).map_err(|e| e.to_string())?;
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    to: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint
+        .connect_with(client, to, PEER_NAME)
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(3), connecting).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),

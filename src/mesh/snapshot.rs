@@ -400,6 +400,8 @@ mod tests {
             registry_digest: Some(digests.0.into()),
             config_digest: Some(digests.1.into()),
             vrrp_state: None,
+            policy_digest: None,
+            duplicate: false,
         }
     }
 

@@ -113,6 +113,20 @@ impl PortPolicy {
     }
 }
 
+/// The allowed ranges and the reserved ports, for digests and messages.
+impl fmt::Display for PortPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let allowed: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+        let reserved: Vec<String> = self.reserved.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "allowed [{}] reserved [{}]",
+            allowed.join(", "),
+            reserved.join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,21 @@ fn decode_line(line: &str) -> Result<Record, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Parses one log line (without its newline): checksum, then the record as
+/// JSON. What recovery reads; every byte is untrusted.
+pub fn parse_line(line: &str) -> Result<Record, String> {
+    decode_line(line)
+}
+
+/// Parses a snapshot into its records, refusing an unknown format version.
+pub fn parse_snapshot(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    let snap: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !(1..=FORMAT_VERSION).contains(&snap.version) {
+        return Err(format!("format version {}", snap.version));
+    }
+    Ok(snap.records.into_iter().map(Record::from).collect())
+}
+
 /// The bytes of a snapshot holding `records`, followed by the log of `epoch`.
 pub fn encode_snapshot(records: &[Record], epoch: u64) -> Vec<u8> {
     serde_json::to_vec(&Snapshot {

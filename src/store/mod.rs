@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 pub use files::{next_generation, write_atomic, write_atomic_mode};
+pub use log::{parse_line as parse_wal_line, parse_snapshot};
 
 use crate::registry::{Entry, Key, Origin};
 use writer::{Job, Writer};

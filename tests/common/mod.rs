@@ -141,7 +141,8 @@ pub fn issue_peer_cert(dir: &Path, node: &str) -> String {
 /// `registry` and `haproxy` are extra keys for those tables.
 pub fn fast_toml(registry: &str, haproxy: &str) -> String {
     format!(
-        "[registry]\nmin-ttl = \"1s\"\n{registry}\n\
+        "[registry]\nmin-ttl = \"1s\"\n\
+         allowed-backends = [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\"]\n{registry}\n\
          [haproxy]\ncheck-interval = \"300ms\"\ncheck-fall = 2\ncheck-rise = 1\n\
          min-reload-interval = \"100ms\"\nhard-stop-after = \"5s\"\n{haproxy}\n"
     )
