@@ -18,23 +18,39 @@ use crate::mesh::quic::QuicTransport;
 use crate::mesh::transport::{Transport, UdpTransport};
 use crate::mesh::{Mesh, MeshSettings};
 use crate::metrics::Metrics;
+use crate::preflight::Created;
 use crate::registry::{Origin, PortPolicy, Registry};
 use crate::secret::Token;
 use crate::shared::SharedRegistry;
 use crate::store::Store;
+use crate::tasks::{Stage, Tasks};
 use crate::tls::{self, PeerTls};
 
 /// Holds the data directory lock for the life of the daemon.
 struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
+/// Creates the data directory (mode 0700), makes an existing one private,
+/// and locks it.
 fn lock_data_dir(settings: &Settings) -> anyhow::Result<DirLock> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = &settings.data_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&settings.data_dir)
-        .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
-    let path = settings.data_dir.join("lock");
+        .create(dir)
+        .with_context(|| format!("create data directory {}", dir.display()))?;
+    // The registry, token and keys live here: whatever mode the directory
+    // had before, nobody else may look inside.
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make data directory {} private", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "data directory was open to others ({:o}); made it 0700", mode & 0o777);
+    }
+    let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -46,36 +62,86 @@ fn lock_data_dir(settings: &Settings) -> anyhow::Result<DirLock> {
         .map_err(|(_, e)| {
             anyhow::anyhow!(
                 "data directory {} is in use by another lbmesh ({e}); give each daemon its own --data-dir",
-                settings.data_dir.display()
+                dir.display()
             )
         })
 }
 
-/// Runs the daemon until `stop` resolves.
+/// Runs the daemon until `stop` resolves. Everything it needs is checked
+/// before anything is written; a start that fails anyway removes what it
+/// created. Once running, a subsystem task that ends on its own stops the
+/// daemon (in order) with an error, so a service manager restarts it.
 pub async fn run(
     settings: Settings,
     api_listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let _lock = lock_data_dir(&settings)?;
-    let (token, generated) = Token::load_or_generate(&settings.token_file)?;
-    if generated {
-        // Printed once, to the terminal only (never to the log).
-        println!(
-            "lbmesh: generated an API token, stored in {} (mode 0600). It is shown only this once:\n\n    {}\n",
-            settings.token_file.display(),
-            token.expose()
-        );
-    }
+    crate::preflight::check(&settings).await?;
 
+    let mut created = Created::default();
+    created.will_create(&settings.data_dir);
+    let _lock = lock_data_dir(&settings)?;
     let (store, recovered) = Store::open(&settings.data_dir)?;
-    let api_port = api_listener.local_addr()?.port();
+    let generation = crate::store::next_generation(&settings.data_dir, SystemClock.now_ms())?;
+
+    let metrics = Arc::new(Metrics::new());
+
+    // Secrets last: a start that fails before here makes none.
+    created.will_create(&settings.token_file);
+    let (token, generated) = Token::load_or_generate(&settings.token_file)?;
+    let quic = match &settings.gossip.tls {
+        GossipTls::None => {
+            tracing::warn!(
+                "gossip runs over plain UDP (mesh.transport = \"udp\"): unauthenticated and unencrypted"
+            );
+            None
+        }
+        GossipTls::Quic { files, create, crl } => {
+            if *create && !(files.ca_cert.exists() && files.cert.exists() && files.key.exists()) {
+                if let Some(dir) = files.cert.parent() {
+                    for f in [&files.ca_cert, &files.cert, &files.key] {
+                        created.will_create(f);
+                    }
+                    created.will_create(&dir.join(tls::CA_KEY));
+                    tls::ensure_single_peer_tls(dir, &settings.node_id)?;
+                }
+            }
+            let peer_tls = PeerTls::load(files, &settings.node_id)
+                .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?;
+            Some(
+                QuicTransport::new(peer_tls, settings.gossip.interval)
+                    .with_metrics(metrics.clone())
+                    .with_crl(crl.clone(), files.ca_cert.clone()),
+            )
+        }
+    };
+    let api_addr = api_listener.local_addr()?;
+    let (api_tls, tls_files) = match &settings.api.tls {
+        Some(ApiTls::Files { cert, key }) => (Some((cert.clone(), key.clone())), true),
+        Some(ApiTls::SelfSigned { dir, names }) => {
+            let mut all = vec!["localhost".to_string(), settings.node_id.to_string()];
+            if !api_addr.ip().is_unspecified() {
+                all.push(api_addr.ip().to_string());
+            }
+            all.extend(names.iter().cloned());
+            created.will_create(&dir.join("api.crt"));
+            created.will_create(&dir.join("api.key"));
+            (Some(tls::ensure_self_signed_api(dir, &all)?), false)
+        }
+        None => (None, false),
+    };
+    let tls: Option<api::SharedTls> = match &api_tls {
+        Some((cert, key)) => Some(Arc::new(arc_swap::ArcSwap::from_pointee(
+            api::tls_acceptor(cert, key)?,
+        ))),
+        None => None,
+    };
+
     let policy = PortPolicy::new(
         settings.registry.allowed_ports.clone(),
-        [api_port, settings.gossip.listen.port()],
+        [api_addr.port(), settings.gossip.listen.port()],
     );
-    let generation = crate::store::next_generation(&settings.data_dir, SystemClock.now_ms())?;
     let origin = Origin::new(settings.node_id.clone(), generation);
     let registry = Registry::new(origin, settings.registry.limits.clone(), policy)
         .with_backends(settings.registry.backends.clone());
@@ -86,8 +152,6 @@ pub async fn run(
         Arc::new(SystemClock),
         settings.registry.ack,
     ));
-    let metrics = Arc::new(Metrics::new());
-
     let h = &settings.haproxy;
     let mode = match h.mode {
         HaproxyMode::Supervised => Mode::Supervised {
@@ -105,7 +169,6 @@ pub async fn run(
         h.render.health_socket.clone(),
         mode,
     );
-    haproxy.adopt_existing();
     let mut render = h.render.clone();
     let haproxy_log = match render.log_socket.as_deref().map(crate::haproxy::log::bind) {
         Some(Ok(socket)) => Some(socket),
@@ -124,77 +187,18 @@ pub async fn run(
         h.exec.clone(),
         metrics.clone(),
     );
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // HAProxy stops last, once nothing can ask it to reload any more.
-    let (haproxy_stop_tx, haproxy_stop_rx) = watch::channel(false);
-    let haproxy_log = haproxy_log.zip(render.log_socket).map(|(socket, path)| {
-        tokio::spawn(crate::haproxy::log::receive(
-            socket,
-            path,
-            haproxy_stop_rx.clone(),
-        ))
-    });
-    let supervisor = tokio::spawn(haproxy.clone().supervise(haproxy_stop_rx));
-    let (health_tx, health_rx) = watch::channel(Arc::default());
-    let observer = tokio::spawn(crate::haproxy::stats::observe(
-        haproxy.clone(),
-        metrics.clone(),
-        shared.events().clone(),
-        h.render.check_interval.max(Duration::from_secs(1)),
-        health_tx,
-        shutdown_rx.clone(),
-    ));
-    let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
-    let maintenance = tokio::spawn(maintain(shared.clone(), shutdown_rx.clone()));
-
-    let api_addr = api_listener.local_addr()?;
     let (vrrp, vrrp_rx) = Vrrp::new(settings.keepalived.hooks.clone(), shared.events().clone());
-    let fifo = settings.keepalived.notify_fifo.clone().map(|path| {
-        tokio::spawn(keepalived::read_fifo(
-            path,
-            vrrp.clone(),
-            shutdown_rx.clone(),
-        ))
-    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let scheme = if settings.api.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let quic = match &settings.gossip.tls {
-        GossipTls::None => {
-            tracing::warn!(
-                "gossip runs over plain UDP (mesh.transport = \"udp\"): unauthenticated and unencrypted"
-            );
-            None
-        }
-        GossipTls::Quic { files, create, crl } => {
-            if *create && !(files.ca_cert.exists() && files.cert.exists() && files.key.exists()) {
-                if let Some(dir) = files.cert.parent() {
-                    tls::ensure_single_peer_tls(dir, &settings.node_id)?;
-                }
-            }
-            let peer_tls = PeerTls::load(files, &settings.node_id).map_err(|e| {
-                anyhow::anyhow!(
-                    "peer TLS: {e}\nA mesh needs a cluster CA and a certificate per peer: \
-                     `lbmesh ca init` once, `lbmesh ca issue --node-id {}` for this peer, \
-                     then set mesh.ca-cert, mesh.cert and mesh.key (see the README).",
-                    settings.node_id
-                )
-            })?;
-            Some(
-                QuicTransport::new(peer_tls, settings.gossip.interval)
-                    .with_metrics(metrics.clone())
-                    .with_crl(crl.clone(), files.ca_cert.clone()),
-            )
-        }
-    };
     let gossip_transport: &dyn Transport = match &quic {
         Some(q) => q,
         None => &UdpTransport,
     };
-    let mesh = Mesh::start(
+    let mut mesh = Mesh::start(
         MeshSettings {
             origin: shared.with(|r| r.origin().clone()),
             listen: settings.gossip.listen,
@@ -209,7 +213,7 @@ pub async fn run(
             identities: quic.as_ref().map(QuicTransport::identities),
             vrrp: vrrp_rx,
             metrics: Some(metrics.clone()),
-            own_ports: [api_port, settings.gossip.listen.port()].into(),
+            own_ports: [api_addr.port(), settings.gossip.listen.port()].into(),
             local_addrs: Some(crate::mesh::addresses::local_addrs),
         },
         gossip_transport,
@@ -224,38 +228,80 @@ pub async fn run(
             settings.gossip.listen
         )
     })?;
+    // Nothing below can fail: the start has succeeded.
+    created.keep();
 
-    let tls: Option<api::SharedTls> = match &settings.api.tls {
-        Some(ApiTls::Files { cert, key }) => {
-            let shared = Arc::new(arc_swap::ArcSwap::from_pointee(api::tls_acceptor(
-                cert, key,
-            )?));
-            tokio::spawn(api::reload_tls_on_change(
-                shared.clone(),
+    let mut tasks = Tasks::new();
+    haproxy.adopt_existing();
+    // HAProxy stops last, once nothing can ask it to reload any more.
+    let (haproxy_stop_tx, haproxy_stop_rx) = watch::channel(false);
+    // External mode: HAProxy is another service's, nothing to supervise.
+    if haproxy.is_supervised() {
+        tasks.spawn(
+            Stage::Haproxy,
+            "haproxy-supervisor",
+            haproxy.clone().supervise(haproxy_stop_rx.clone()),
+        );
+    }
+    if let Some((socket, path)) = haproxy_log.zip(render.log_socket) {
+        tasks.spawn(
+            Stage::Haproxy,
+            "haproxy-log",
+            crate::haproxy::log::receive(socket, path, haproxy_stop_rx.clone()),
+        );
+    }
+    let (health_tx, health_rx) = watch::channel(Arc::default());
+    tasks.spawn(
+        Stage::First,
+        "haproxy-stats",
+        crate::haproxy::stats::observe(
+            haproxy.clone(),
+            metrics.clone(),
+            shared.events().clone(),
+            h.render.check_interval.max(Duration::from_secs(1)),
+            health_tx,
+            shutdown_rx.clone(),
+        ),
+    );
+    tasks.spawn(Stage::First, "applier", applier.run(shutdown_rx.clone()));
+    tasks.spawn(
+        Stage::First,
+        "maintenance",
+        maintain(shared.clone(), shutdown_rx.clone()),
+    );
+    if let Some(path) = settings.keepalived.notify_fifo.clone() {
+        tasks.spawn(
+            Stage::First,
+            "notify-fifo",
+            keepalived::read_fifo(path, vrrp.clone(), shutdown_rx.clone()),
+        );
+    }
+    for handle in mesh.take_tasks() {
+        tasks.adopt(Stage::First, "mesh", handle);
+    }
+    let gossip = mesh.gossip_ended();
+    tasks.spawn(Stage::Gossip, "gossip", async move {
+        if let Err(e) = gossip.await {
+            panic!("{e:#}");
+        }
+    });
+    if let (Some(shared_tls), (Some((cert, key)), true)) = (&tls, (&api_tls, tls_files)) {
+        tasks.spawn(
+            Stage::First,
+            "api-certificate-reload",
+            api::reload_tls_on_change(
+                shared_tls.clone(),
                 cert.clone(),
                 key.clone(),
                 Duration::from_secs(5),
                 shutdown_rx.clone(),
-            ));
-            Some(shared)
-        }
-        Some(ApiTls::SelfSigned { dir, names }) => {
-            let mut all = vec!["localhost".to_string(), settings.node_id.to_string()];
-            if !api_addr.ip().is_unspecified() {
-                all.push(api_addr.ip().to_string());
-            }
-            all.extend(names.iter().cloned());
-            let (cert, key) = tls::ensure_self_signed_api(dir, &all)?;
-            Some(Arc::new(arc_swap::ArcSwap::from_pointee(
-                api::tls_acceptor(&cert, &key)?,
-            )))
-        }
-        None => None,
-    };
+            ),
+        );
+    }
     let api_limits = settings.api.limits.clone();
     let state = ApiState {
         registry: shared.clone(),
-        token: Arc::new(token),
+        token: Arc::new(token.clone()),
         apply: apply_rx,
         haproxy: haproxy.clone(),
         metrics: metrics.clone(),
@@ -268,14 +314,18 @@ pub async fn run(
         max_lag: settings.keepalived.max_lag,
         health: health_rx,
     };
-    let server = tokio::spawn(api::serve(
-        api_listener,
-        tls,
-        api::router(state),
-        api::Admission::new(api_limits.clone()),
-        Some(metrics.clone()),
-        shutdown_rx.clone(),
-    ));
+    tasks.spawn(
+        Stage::First,
+        "api",
+        api::serve(
+            api_listener,
+            tls,
+            api::router(state),
+            api::Admission::new(api_limits.clone()),
+            Some(metrics.clone()),
+            shutdown_rx.clone(),
+        ),
+    );
     tracing::info!(
         node = %settings.node_id,
         api = %format!("{scheme}://{api_addr}"),
@@ -283,35 +333,58 @@ pub async fn run(
         haproxy = ?settings.haproxy.mode,
         "lbmesh is serving"
     );
+    if generated {
+        announce_token(&settings.token_file, &token);
+    }
     println!("lbmesh: phone-home API on {scheme}://{api_addr}/hooks/update-haproxy");
 
-    stop.await;
-    tracing::info!("shutting down");
+    let died = tokio::select! {
+        () = stop => None,
+        ended = tasks.next_end() => Some(ended),
+    };
+    match &died {
+        None => tracing::info!("shutting down"),
+        Some(e) => tracing::error!(task = e.name, "{e}; stopping everything else and exiting"),
+    }
     let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    let _ = applier.await;
-    let _ = maintenance.await;
-    let _ = observer.await;
-    if let Some(f) = fifo {
-        let _ = f.await;
-    }
+    let mut failed: Vec<String> = died.iter().map(ToString::to_string).collect();
+    let mut note = |bad: Vec<crate::tasks::Ended>| {
+        for e in bad {
+            tracing::error!(task = e.name, "{e}");
+            failed.push(e.to_string());
+        }
+    };
+    note(tasks.stop(Stage::First, Duration::from_secs(15)).await);
     mesh.stop().await;
+    note(tasks.stop(Stage::Gossip, Duration::from_secs(5)).await);
     let _ = haproxy_stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(10), supervisor)
-        .await
-        .is_err()
-    {
-        tracing::warn!("HAProxy supervisor did not stop within 10 s");
-    }
-    if let Some(log) = haproxy_log {
-        let _ = log.await;
-    }
+    note(tasks.stop(Stage::Haproxy, Duration::from_secs(10)).await);
     shared
         .compact()
         .await
         .context("final compaction of the registry")?;
-    tracing::info!("stopped");
-    Ok(())
+    if failed.is_empty() {
+        tracing::info!("stopped");
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failed.join("; "))
+    }
+}
+
+/// Shows a freshly generated token to the person at the terminal, once.
+/// Under a service manager stdout is a log that is kept: there, only where
+/// the token is.
+fn announce_token(path: &std::path::Path, token: &Token) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!(
+            "lbmesh: generated an API token, stored in {} (mode 0600). It is shown only this once:\n\n    {}\n",
+            path.display(),
+            token.expose()
+        );
+    } else {
+        tracing::info!(file = %path.display(), "generated an API token (mode 0600); read it from that file");
+    }
 }
 
 /// Logs lease ends, compacts the write-ahead log when it has grown well past

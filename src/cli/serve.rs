@@ -93,6 +93,9 @@ impl ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Every file the daemon (and its HAProxy) creates is private: the
+    // registry, keys, token and sockets are nobody else's business.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let settings = args.settings()?;
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

@@ -295,6 +295,18 @@ impl Mesh {
         self.handle.chitchat()
     }
 
+    /// Hands the mesh's tasks to a caller that supervises them (the
+    /// daemon); they end on the shutdown signal.
+    pub fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.tasks)
+    }
+
+    /// Resolves when gossip itself stops: after [`Mesh::stop`], or on its own
+    /// (an error), which a supervisor treats as fatal.
+    pub fn gossip_ended(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
+        self.handle.termination_watcher()
+    }
+
     /// Leaves the mesh once the tasks have seen the shutdown signal.
     pub async fn stop(self) {
         for t in self.tasks {

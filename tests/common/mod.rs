@@ -386,6 +386,20 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `within` for the process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL, like a crash; HAProxy is left running (as it would be).
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
