@@ -33,12 +33,7 @@ fn keepalived_check(d: &Daemon) -> bool {
 /// a request head a byte at a time. Returns the sockets (kept open).
 fn flood(from: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::with_capacity(n);
-    let mut failed_in_a_row = 0;
     for i in 0..n {
-        // A listener that stopped accepting: its backlog is full, stop here.
-        if failed_in_a_row >= 20 {
-            break;
-        }
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.bind(&SocketAddr::new(from.parse().unwrap(), 0).into())
             .unwrap();
