@@ -231,6 +231,8 @@ pub async fn run(
     // Nothing below can fail: the start has succeeded.
     created.keep();
 
+    let failover =
+        crate::failover::Failover::new(&settings.data_dir, settings.keepalived.track_file.clone());
     let mut tasks = Tasks::new();
     haproxy.adopt_existing();
     // HAProxy stops last, once nothing can ask it to reload any more.
@@ -310,10 +312,26 @@ pub async fn run(
         max_wait: settings.api.max_wait,
         started,
         mesh: mesh.view(),
-        vrrp: Some(vrrp),
+        vrrp: Some(vrrp.clone()),
+        failover: Some(failover.clone()),
         max_lag: settings.keepalived.max_lag,
         health: health_rx,
     };
+    tasks.spawn(
+        Stage::First,
+        "failover",
+        crate::failover::run(
+            failover,
+            crate::failover::Sources {
+                me: settings.node_id.to_string(),
+                vrrp,
+                mesh: state.mesh.clone(),
+                api: state.clone(),
+                metrics: state.metrics.clone(),
+            },
+            shutdown_rx.clone(),
+        ),
+    );
     tasks.spawn(
         Stage::First,
         "api",

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod failover;
 pub mod fault;
 pub mod haproxy;
 pub mod keepalived;

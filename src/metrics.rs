@@ -116,6 +116,9 @@ pub struct Metrics {
     pub api_connections_refused: Family<ReasonLabels, Counter>,
     pub replication_seconds: Histogram,
     pub propagation_seconds: Histogram,
+    /// 1 when this peer may hold the VIP, 0 while keepalived holds it in FAULT.
+    pub vrrp_may_hold: Gauge,
+    pub split_brain_stepdowns: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -290,6 +293,18 @@ impl Metrics {
             "Node ids that two or more live peers claim at once (a stolen certificate or a cloned VM)",
             duplicate_node_ids.clone(),
         );
+        let vrrp_may_hold = Gauge::default();
+        registry.register(
+            "vrrp_may_hold",
+            "1 when this peer may hold the VIP, 0 while lbmesh holds keepalived in FAULT",
+            vrrp_may_hold.clone(),
+        );
+        let split_brain_stepdowns = Counter::default();
+        registry.register(
+            "split_brain_stepdowns",
+            "Times this peer stepped down because another live peer also held the VIP",
+            split_brain_stepdowns.clone(),
+        );
         Self {
             duplicate_node_ids,
             refused_entries,
@@ -304,6 +319,8 @@ impl Metrics {
             replication_seconds,
             propagation_seconds,
             vrrp_masters,
+            vrrp_may_hold,
+            split_brain_stepdowns,
             registry,
             requests,
             frontends,

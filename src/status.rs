@@ -64,6 +64,9 @@ pub struct VrrpStatus {
     pub masters: Vec<String>,
     /// More than one live MASTER.
     pub split_brain: bool,
+    /// Whether this peer may hold the VIP, and why not.
+    #[serde(default)]
+    pub failover: Option<crate::failover::FailoverStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

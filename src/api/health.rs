@@ -38,9 +38,10 @@ fn mesh_problems(st: &ApiState, apply: &ApplyStatus) -> Vec<String> {
     problems
 }
 
-/// 200 when this peer can serve: storage works, HAProxy answers on its
-/// health socket, and it runs the config the registry asks for.
-pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
+/// What keeps this peer from serving now (empty: healthy): storage failed,
+/// HAProxy does not answer on its health socket, or does not run the config
+/// the registry asks for, or this peer's config lags the mesh.
+pub async fn health_problems(st: &ApiState) -> Vec<String> {
     let mut problems = Vec::new();
     if st.registry.store().is_failed() {
         problems.push("storage failed; writes are refused".to_string());
@@ -67,7 +68,14 @@ pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
             }
         }
     }
-    problems.extend(mesh_problems(&st, &apply));
+    problems.extend(mesh_problems(st, &apply));
+    problems
+}
+
+/// 200 when this peer can serve (no [`health_problems`]).
+pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
+    let problems = health_problems(&st).await;
+    let apply = st.apply.borrow().clone();
     let quarantined: Vec<u16> = apply.quarantined.keys().copied().collect();
     if problems.is_empty() {
         Json(serde_json::json!({ "status": "ok", "quarantined": quarantined })).into_response()

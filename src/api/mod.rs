@@ -5,6 +5,7 @@
 //! status and JSON body, `input` parses what clients send.
 
 mod auth;
+pub mod drain;
 pub mod error;
 mod events;
 mod extract;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use guard::{Admission, ConnLimits};
+pub use health::health_problems;
 pub use server::{SharedTls, reload_tls_on_change, serve, tls_acceptor};
 pub use status::node_status;
 pub use submit::ChangeResponse;
@@ -58,6 +60,8 @@ pub struct ApiState {
     /// The mesh as the mesh task last computed it.
     pub mesh: MeshView,
     pub vrrp: Option<Vrrp>,
+    /// Who may hold the VIP, and the drain flag.
+    pub failover: Option<crate::failover::Failover>,
     /// How long this peer's config may differ from the mesh majority.
     pub max_lag: Duration,
     /// Server health as HAProxy's checks last saw it.
@@ -79,6 +83,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/whoami", get(v1_read::whoami))
         .route("/v1/vrrp", post(vrrp::report_vrrp))
+        .route("/v1/drain", post(drain::drain))
+        .route("/v1/undrain", post(drain::undrain))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

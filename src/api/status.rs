@@ -107,6 +107,7 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
                 .map(|n| format!("{} {}", n.state, n.name)),
             split_brain: mesh.state.split_brain(),
             masters: mesh.state.vip_holders.clone(),
+            failover: st.failover.as_ref().map(|f| f.status()),
         },
         peers: mesh.peers.clone(),
         converged: mesh.state.converged,

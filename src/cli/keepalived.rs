@@ -20,6 +20,10 @@ pub enum KeepalivedCmd {
         /// Seconds to wait for an answer.
         #[arg(long, default_value_t = 2)]
         timeout: u64,
+        /// Only check that the daemon answers (it decides health itself,
+        /// through keepalived's track file).
+        #[arg(long)]
+        alive: bool,
     },
     /// keepalived's notify script: tells lbmesh this peer's VRRP state.
     Notify {
@@ -52,9 +56,18 @@ pub struct KeepalivedConfigArgs {
     pub priority: u8,
     #[arg(long, default_value_t = 51)]
     pub router_id: u8,
-    /// Seconds between VRRPv3 adverts; a dead master is replaced after about three.
-    #[arg(long, default_value_t = 0.25)]
+    /// Seconds between VRRPv3 adverts.
+    #[arg(long, default_value_t = 0.05)]
     pub advert_int: f64,
+    /// Adverts missed before a backup takes over: failover takes this many
+    /// advert intervals (0.25 s by default), and a master survives that many
+    /// lost adverts in a row.
+    #[arg(long, default_value_t = 5)]
+    pub down_timer_adverts: u8,
+    /// The track file the daemon writes (keepalived.track-file in lbmesh's
+    /// config) [default: asked from the daemon, with --token-file].
+    #[arg(long, env = "LBMESH_TRACK_FILE")]
+    pub track_file: Option<PathBuf>,
     /// Use unicast VRRP (clouds without multicast): this peer's address.
     #[arg(long)]
     pub unicast_src: Option<IpAddr>,
@@ -80,15 +93,17 @@ pub struct KeepalivedConfigArgs {
 pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::ExitCode> {
     use crate::keepalived::{KeepalivedParams, Notification, check, render};
     match cmd {
-        KeepalivedCmd::Check { api, timeout } => {
-            match check(&api, Duration::from_secs(timeout.clamp(1, 60))).await {
-                Ok(()) => Ok(std::process::ExitCode::SUCCESS),
-                Err(why) => {
-                    println!("{why}");
-                    Ok(std::process::ExitCode::FAILURE)
-                }
+        KeepalivedCmd::Check {
+            api,
+            timeout,
+            alive,
+        } => match check(&api, Duration::from_secs(timeout.clamp(1, 60)), alive).await {
+            Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+            Err(why) => {
+                println!("{why}");
+                Ok(std::process::ExitCode::FAILURE)
             }
-        }
+        },
         KeepalivedCmd::Notify {
             api,
             token_file,
@@ -124,19 +139,17 @@ pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::Exit
         KeepalivedCmd::Config(a) => {
             let advert = Duration::try_from_secs_f64(a.advert_int)
                 .map_err(|_| anyhow::anyhow!("--advert-int must be a positive number"))?;
-            let mut peers = a.peers.clone();
-            if a.unicast_src.is_some() && peers.is_empty() {
-                peers = mesh_peer_ips(&a.api, a.token_file.as_deref()).await?;
-            }
-            let params = KeepalivedParams {
+            let mut params = KeepalivedParams {
                 instance: a.instance,
                 interface: a.interface,
                 vip: a.vip,
                 virtual_router_id: a.router_id,
                 priority: a.priority,
                 advert_int: advert,
+                down_timer_adverts: a.down_timer_adverts,
+                track_file: a.track_file.clone().unwrap_or_default(),
                 unicast_src: a.unicast_src,
-                unicast_peers: peers,
+                unicast_peers: a.peers.clone(),
                 lbmesh: match a.lbmesh {
                     Some(p) => p,
                     None => std::env::current_exe().context("where this lbmesh binary is")?,
@@ -145,6 +158,22 @@ pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::Exit
                 token_file: a.token_file,
                 notify_fifo: a.notify_fifo,
             };
+            params.validate_fields().map_err(anyhow::Error::msg)?;
+            let need_peers = params.unicast_src.is_some() && params.unicast_peers.is_empty();
+            if need_peers || a.track_file.is_none() {
+                let status = daemon_status(&params.api, params.token_file.as_deref()).await?;
+                if need_peers {
+                    params.unicast_peers = mesh_peer_ips(&params.api, Some(&status))?;
+                }
+                if a.track_file.is_none() {
+                    params.track_file = status
+                        .vrrp
+                        .failover
+                        .as_ref()
+                        .map(|f| PathBuf::from(&f.track_file))
+                        .context("the daemon reports no track file; give --track-file")?;
+                }
+            }
             params.validate().map_err(anyhow::Error::msg)?;
             print!("{}", render(&params));
             Ok(std::process::ExitCode::SUCCESS)
@@ -152,28 +181,33 @@ pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::Exit
     }
 }
 
-/// The gossip addresses of the mesh's peers, as unicast VRRP peers.
-async fn mesh_peer_ips(
+/// The local daemon's status, for what `keepalived config` learns from it.
+async fn daemon_status(
     api: &str,
     token_file: Option<&std::path::Path>,
-) -> anyhow::Result<Vec<IpAddr>> {
-    let token_file =
-        token_file.context("--token-file is needed to read the mesh's peers (or give --peer)")?;
+) -> anyhow::Result<NodeStatus> {
+    let token_file = token_file.context(
+        "--token-file is needed to ask the daemon for the mesh's peers and its track file \
+         (or give --peer and --track-file)",
+    )?;
     let token = Token::load(token_file)?;
     let url = format!("{}/v1/status", api.trim_end_matches('/'));
-    let status: NodeStatus = super::http_client(Duration::from_secs(10))?
+    Ok(super::http_client(Duration::from_secs(10))?
         .get(&url)
         .bearer_auth(token.expose())
         .send()
         .await
-        .with_context(|| {
-            format!("cannot reach {url} to list the mesh's peers; give --peer instead")
-        })?
+        .with_context(|| format!("cannot reach {url}; give --peer and --track-file instead"))?
         .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+/// The gossip addresses of the mesh's peers, as unicast VRRP peers.
+fn mesh_peer_ips(api: &str, status: Option<&NodeStatus>) -> anyhow::Result<Vec<IpAddr>> {
     let ips: Vec<IpAddr> = status
-        .peers
+        .map(|s| s.peers.as_slice())
+        .unwrap_or_default()
         .iter()
         .filter_map(|p| p.gossip_addr.parse::<SocketAddr>().ok())
         .map(|a| a.ip())

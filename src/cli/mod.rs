@@ -2,6 +2,7 @@
 //! module per command, output formatting apart from I/O.
 
 mod ca;
+mod drain;
 mod format;
 mod keepalived;
 mod phone_home;
@@ -9,6 +10,7 @@ mod serve;
 mod status;
 
 pub use ca::{CaCmd, CaInitArgs, CaIssueArgs, ca};
+pub use drain::{DrainArgs, UndrainArgs, drain, undrain};
 pub use format::format_status;
 pub use keepalived::{KeepalivedCmd, KeepalivedConfigArgs, keepalived};
 pub use phone_home::phone_home;
@@ -38,6 +40,11 @@ pub enum Cmd {
     Serve(Box<ServeArgs>),
     /// Show this peer (and the mesh it sees) as a table.
     Status(StatusArgs),
+    /// Hand the VIP to a peer and wait for this VM's connections to finish;
+    /// the VM takes the VIP no more (also after a restart) until undrained.
+    Drain(DrainArgs),
+    /// Let a drained VM hold the VIP again.
+    Undrain(UndrainArgs),
     /// Register a NodePort with the mesh and keep it registered: a drop-in for
     /// the original phone-home container (same environment variables).
     PhoneHome(Box<crate::phone_home::PhoneHomeArgs>),
@@ -55,6 +62,8 @@ pub async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
         Cmd::Serve(args) => ok(serve(*args).await),
         Cmd::Status(args) => ok(status(args).await),
+        Cmd::Drain(args) => ok(drain(args).await),
+        Cmd::Undrain(args) => ok(undrain(args).await),
         Cmd::Ca(cmd) => ok(ca(cmd)),
         // The check's exit code is its answer to keepalived.
         Cmd::Keepalived(cmd) => keepalived(cmd).await,

@@ -1,5 +1,5 @@
-//! The `[keepalived]` section: the notify FIFO, transition hooks and the lag
-//! the health check tolerates.
+//! The `[keepalived]` section: the notify FIFO, transition hooks, the lag
+//! the health check tolerates and the track file lbmesh writes.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +22,8 @@ pub struct KeepalivedFile {
     /// before the health check fails.
     #[serde(default, with = "humantime_serde")]
     pub max_lag: Option<Duration>,
+    /// The file lbmesh writes for keepalived's `track_file`.
+    pub track_file: Option<PathBuf>,
 }
 
 /// How lbmesh works with keepalived.
@@ -30,11 +32,14 @@ pub struct KeepalivedSettings {
     pub notify_fifo: Option<PathBuf>,
     pub hooks: Hooks,
     pub max_lag: Duration,
+    /// Where lbmesh tells keepalived whether this peer may hold the VIP.
+    pub track_file: PathBuf,
 }
 
 pub(super) fn resolve(
     k: KeepalivedFile,
     paths: Paths<'_>,
+    data_dir: &std::path::Path,
 ) -> Result<KeepalivedSettings, ConfigError> {
     for (key, hook) in [
         ("keepalived.on-master", &k.on_master),
@@ -65,5 +70,9 @@ pub(super) fn resolve(
         notify_fifo: k.notify_fifo.map(|p| paths.abs(p)),
         hooks,
         max_lag,
+        track_file: paths.abs(
+            k.track_file
+                .unwrap_or_else(|| data_dir.join("keepalived.track")),
+        ),
     })
 }

@@ -219,7 +219,7 @@ impl Settings {
             &data_dir,
             paths,
         )?;
-        let keepalived = keepalived::resolve(file.keepalived, paths)?;
+        let keepalived = keepalived::resolve(file.keepalived, paths, &data_dir)?;
         Ok(Settings {
             node_id,
             data_dir,

@@ -1,9 +1,14 @@
 //! The `track_script` check: asks the local daemon's health endpoint.
+//!
+//! The generated keepalived.conf only asks whether the daemon answers at all
+//! (`alive`): the daemon itself decides health through the track file, so
+//! the check is a backstop for a daemon that died or hangs.
 
 use std::time::Duration;
 
 /// Answers one health check for keepalived: Ok, or the reason in one line.
-pub async fn check(api: &str, timeout: Duration) -> Result<(), String> {
+/// With `alive`, any answer from the daemon is Ok.
+pub async fn check(api: &str, timeout: Duration, alive: bool) -> Result<(), String> {
     let url = format!("{}/healthz", api.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -19,6 +24,9 @@ pub async fn check(api: &str, timeout: Duration) -> Result<(), String> {
         .await
         .map_err(|e| format!("lbmesh does not answer at {url}: {e}"))?;
     let status = resp.status();
+    if alive {
+        return Ok(());
+    }
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.is_success() {
         return Ok(());

@@ -306,6 +306,11 @@ impl Observe {
             if let Some(a) = addrs {
                 state.set(addresses::META_ADDRS, a);
             }
+            let vrrp_changed = prev
+                .peers
+                .iter()
+                .find(|p| *p.node_id == *self.me.node_id)
+                .is_none_or(|p| p.vrrp_state != vrrp_state);
             match vrrp_state {
                 Some(v) => state.set(META_VRRP, v),
                 None => {
@@ -322,6 +327,15 @@ impl Observe {
                 snap.peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
             }
             self.report_duplicates(&duplicates);
+            // A new VRRP state goes to every live peer at once: split
+            // brains are judged on it.
+            if vrrp_changed {
+                catching_up = live
+                    .iter()
+                    .filter(|id| **id != self.me)
+                    .map(|id| id.gossip_advertise_addr)
+                    .collect();
+            }
             (snap, catching_up)
         };
         // A peer catching up gets the new list at once, not at its next round.

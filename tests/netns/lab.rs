@@ -520,6 +520,149 @@ impl Lab {
         }
     }
 
+    /// POST on a peer's API from inside its namespace; (status, body).
+    pub fn api_post(&self, i: usize, path: &str, max_secs: u64) -> (u16, serde_json::Value) {
+        let lb = &self.lbs[i];
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lb.ns, "curl", "-s", "-X", "POST", "-m"])
+            .arg(max_secs.to_string())
+            .args(["-w", "\n%{http_code}", "-H"])
+            .arg(format!("X-Funkypenguin-Token: {TOKEN}"))
+            .arg(format!("{}{path}", lb.api()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or_default(),
+        )
+    }
+
+    /// Runs an nftables script inside load balancer `i`'s namespace.
+    pub fn nft(&self, i: usize, script: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.lbs[i].ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f: {script}");
+    }
+
+    /// Drops, in load balancer `i`'s namespace, incoming and outgoing packets
+    /// that `rule` matches (an nftables match, e.g. `ip protocol 112`), in a
+    /// table named `name`; [`Lab::unblock`] removes it.
+    pub fn block(&self, i: usize, name: &str, rule: &str) {
+        self.nft(
+            i,
+            &format!(
+                "table inet {name} {{\n chain in {{ type filter hook input priority -10; {rule} drop; }}\n \
+                 chain out {{ type filter hook output priority -10; {rule} drop; }}\n}}\n"
+            ),
+        );
+    }
+
+    pub fn unblock(&self, i: usize, name: &str) {
+        self.nft(i, &format!("delete table inet {name}\n"));
+    }
+
+    /// An observer in the client namespace that asks "who has the VIP?" (ARP)
+    /// every `every_ms` and counts the distinct VMs that answer; read it with
+    /// [`ArpObserver::next`].
+    pub fn arp_observer(&self, every_ms: u64) -> ArpObserver {
+        let script = format!(
+            "import socket,struct,time,sys\n\
+             s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x0806))\n\
+             s.bind(('eth0',0))\n\
+             mac=s.getsockname()[4]\n\
+             me=socket.inet_aton('198.18.0.31')\n\
+             vip=socket.inet_aton('{VIP}')\n\
+             req=b'\\xff'*6+mac+b'\\x08\\x06'+struct.pack('!HHBBH',1,0x0800,6,4,1)+mac+me+b'\\x00'*6+vip\n\
+             s.settimeout(0.005)\n\
+             while True:\n\
+             \x20 t=time.time()\n\
+             \x20 s.send(req)\n\
+             \x20 seen=set()\n\
+             \x20 end=t+{every}\n\
+             \x20 while time.time()<end:\n\
+             \x20   try:\n\
+             \x20     p=s.recv(64)\n\
+             \x20   except socket.timeout:\n\
+             \x20     continue\n\
+             \x20   if len(p)>=42 and p[12:14]==b'\\x08\\x06' and p[20:22]==b'\\x00\\x02' and p[28:32]==vip:\n\
+             \x20     seen.add(p[22:28].hex())\n\
+             \x20 print(t,len(seen),','.join(sorted(seen)),flush=True)\n",
+            every = every_ms as f64 / 1000.0
+        );
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "python3",
+                "-u",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        ArpObserver { child, lines }
+    }
+
+    /// A client that starts a connection to VIP:`port` every `every_ms`,
+    /// each on its own (a slow one does not delay the next), waits up to
+    /// `timeout_s` for the greeting, and reports `ok|fail START` per attempt
+    /// (read with [`Prober::first_success_after`] and [`Prober::drain_counts`]).
+    pub fn concurrent_prober(&self, port: u16, every_ms: u64, timeout_s: f64) -> Prober {
+        let script = format!(
+            "import asyncio,time\n\
+             async def one():\n\
+             \x20 t=time.time()\n\
+             \x20 try:\n\
+             \x20   r,w=await asyncio.wait_for(asyncio.open_connection('{VIP}',{port}),{timeout_s})\n\
+             \x20   d=await asyncio.wait_for(r.read(64),{timeout_s})\n\
+             \x20   w.close()\n\
+             \x20   ok=len(d)>0\n\
+             \x20 except Exception:\n\
+             \x20   ok=False\n\
+             \x20 print(('ok' if ok else 'fail'),t,flush=True)\n\
+             async def main():\n\
+             \x20 while True:\n\
+             \x20   asyncio.ensure_future(one())\n\
+             \x20   await asyncio.sleep({every})\n\
+             asyncio.run(main())\n",
+            every = every_ms as f64 / 1000.0
+        );
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "python3",
+                "-u",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Prober { child, lines }
+    }
+
     /// Processes inside namespace `ns` whose command line contains `needle`.
     pub fn pids_matching(&self, ns: &str, needle: &str) -> Vec<u32> {
         ns_pids(ns)
@@ -606,6 +749,52 @@ impl Prober {
             }
         }
         None
+    }
+}
+
+impl Prober {
+    /// Stops the client and counts (succeeded, failed) attempts that started
+    /// at or after `t`.
+    pub fn stop_and_count(mut self, t: f64) -> (usize, usize) {
+        let _ = self.child.kill();
+        let (mut ok, mut failed) = (0, 0);
+        for line in self.lines.by_ref().map_while(Result::ok) {
+            let mut w = line.split_whitespace();
+            let (Some(r), Some(at)) = (w.next(), w.next().and_then(|x| x.parse::<f64>().ok()))
+            else {
+                continue;
+            };
+            if at >= t {
+                if r == "ok" {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        (ok, failed)
+    }
+}
+
+/// Counts the VMs that answer ARP for the VIP, sample by sample.
+pub struct ArpObserver {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl ArpObserver {
+    /// The next sample: (Unix seconds, how many VMs answered).
+    pub fn next(&mut self) -> Option<(f64, usize)> {
+        let line = self.lines.next()?.ok()?;
+        let mut w = line.split_whitespace();
+        Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+    }
+}
+
+impl Drop for ArpObserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
