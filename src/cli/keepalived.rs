@@ -57,12 +57,12 @@ pub struct KeepalivedConfigArgs {
     #[arg(long, default_value_t = 51)]
     pub router_id: u8,
     /// Seconds between VRRPv3 adverts.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.04)]
     pub advert_int: f64,
     /// Adverts missed before a backup takes over: failover takes this many
-    /// advert intervals (0.25 s by default), and a master survives that many
-    /// lost adverts in a row.
-    #[arg(long, default_value_t = 5)]
+    /// advert intervals (0.24 s by default) plus a skew, and a master
+    /// survives one fewer lost in a row.
+    #[arg(long, default_value_t = 6)]
     pub down_timer_adverts: u8,
     /// The track file the daemon writes (keepalived.track-file in lbmesh's
     /// config) [default: asked from the daemon, with --token-file].

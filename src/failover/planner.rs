@@ -103,6 +103,9 @@ impl Planner {
     pub fn step(&mut self, i: &Inputs<'_>, now: u64) -> (Verdict, Option<Event>) {
         let mut event = None;
         let master = i.own.is_some_and(|c| c.state == VrrpState::Master);
+        // Not knowing (a restarted daemon hears of its state only at the next
+        // transition) counts as holding: a restart must not move the VIP.
+        let maybe_master = i.own.is_none_or(|c| c.state == VrrpState::Master);
 
         // Split brain, judged first so that its memory stays current.
         let rivals: Vec<&Peer> = match i.own {
@@ -169,7 +172,7 @@ impl Planner {
         let verdict = if i.drained {
             Verdict::Fault(Why::Drained)
         } else if !i.problems.is_empty()
-            && (!master
+            && (!maybe_master
                 || now.saturating_sub(*self.unhealthy_since.get_or_insert(now))
                     >= HEALTH_GRACE_MS * i.patience.max(1))
         {
@@ -241,6 +244,18 @@ mod tests {
                 now,
             )
         }
+    }
+
+    #[test]
+    fn a_restarted_daemon_that_does_not_know_its_state_gets_the_grace() {
+        let mut w = World::new(None, vec![]);
+        w.problems = vec!["HAProxy has not been configured yet".into()];
+        let mut p = Planner::default();
+        assert_eq!(w.step(&mut p, 0).0, Verdict::MayHold);
+        assert!(matches!(
+            w.step(&mut p, HEALTH_GRACE_MS).0,
+            Verdict::Fault(Why::Unhealthy(_))
+        ));
     }
 
     #[test]

@@ -232,8 +232,8 @@ mod tests {
             vip: "198.18.0.100/24".into(),
             virtual_router_id: 51,
             priority: 150,
-            advert_int: Duration::from_millis(50),
-            down_timer_adverts: 5,
+            advert_int: Duration::from_millis(40),
+            down_timer_adverts: 6,
             track_file: "/var/lib/lbmesh/keepalived.track".into(),
             unicast_src: Some("198.18.0.11".parse().unwrap()),
             unicast_peers: vec![
