@@ -13,6 +13,7 @@ pub mod guard;
 mod health;
 mod hook;
 pub mod input;
+mod page;
 mod server;
 mod status;
 mod submit;
@@ -72,6 +73,9 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
+        .route("/", get(page::index))
+        .route("/ui/app.js", get(page::script))
+        .route("/ui/app.css", get(page::style))
         .route("/hooks/update-haproxy", post(hook::hook))
         .route("/v1/frontends", get(v1_read::list_frontends))
         .route("/v1/frontends/{frontend_port}", get(v1_read::get_frontend))
