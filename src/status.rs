@@ -42,6 +42,9 @@ pub struct NodeStatus {
     /// How many entries are refused in all.
     #[serde(default)]
     pub refused_total: usize,
+    /// Live servers left out because another name owns their frontend.
+    #[serde(default)]
+    pub conflicts: Vec<ConflictStatus>,
 }
 
 /// An entry this peer does not serve, who accepted it and why.
@@ -53,6 +56,15 @@ pub struct RefusedOut {
     pub peer: String,
     pub reason: String,
     pub message: String,
+}
+
+/// A live server left out of its frontend: `name` claims it, `owner` owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictStatus {
+    pub frontend: u16,
+    pub server: String,
+    pub name: String,
+    pub owner: String,
 }
 
 /// Who holds the floating IP, as keepalived reports it through the mesh.

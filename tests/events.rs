@@ -251,6 +251,19 @@ fn peers_and_the_floating_ip_are_events() {
     let sb = wait_event(&m.peers[0], "split brain", |e| e["event"] == "split_brain");
     assert_eq!(sb["masters"], json!(["lb2", "lb3"]));
     assert_eq!(sb["level"], "error");
+    // The text status says so too.
+    let text = sh(
+        &format!(
+            "{BIN} status --api {} --token-file {}",
+            m.peers[0].url(""),
+            m.peers[0].token_file.display()
+        ),
+        &[],
+    );
+    assert!(
+        text.contains("SPLIT BRAIN: lb2, lb3 all hold the floating IP"),
+        "{text}"
+    );
     notify(1, "BACKUP");
     wait_event(&m.peers[0], "the split brain to end", |e| {
         e["event"] == "split_brain_over" && e["masters"] == json!(["lb3"])

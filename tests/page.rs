@@ -164,6 +164,21 @@ fn the_status_page_shows_the_mesh_frontends_health_conflicts_and_events() {
             .then_some(())
     });
 
+    // The text status lists the conflict.
+    let text = sh(
+        &format!(
+            "{BIN} status --api {} --token-file {}",
+            lb1.url(""),
+            lb1.token_file.display()
+        ),
+        &[],
+    );
+    has(
+        &text,
+        &format!("frontend {port}  server {other}  name other  (owner web)"),
+    );
+    has(&text, "floating IP on lb1");
+
     // With the token (given in the fragment, which never reaches the server).
     let url = format!("http://{}/#token={}", lb1.api, lb1.token);
     let page = visible_text(&chromium(&url, &["--dump-dom"]));

@@ -12,7 +12,8 @@ use super::auth::authorize;
 use crate::haproxy::apply::ApplyStatus;
 use crate::keepalived::Vrrp;
 use crate::status::{
-    ApplyReportOut, HaproxyStatus, NodeStatus, RefusedOut, RegistryStatus, VrrpStatus,
+    ApplyReportOut, ConflictStatus, HaproxyStatus, NodeStatus, RefusedOut, RegistryStatus,
+    VrrpStatus,
 };
 
 /// Whether HAProxy serves the latest registry change (not only the last one
@@ -63,6 +64,22 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
         .collect();
     duplicate_node_ids.sort();
     duplicate_node_ids.dedup();
+    // Building the view is costly with many servers; conflicts are rare.
+    let conflicts = if summary.conflicts == 0 {
+        Vec::new()
+    } else {
+        st.registry
+            .view()
+            .conflicts
+            .into_iter()
+            .map(|c| ConflictStatus {
+                frontend: c.frontend,
+                server: c.server.to_string(),
+                name: c.name.to_string(),
+                owner: c.owner.to_string(),
+            })
+            .collect()
+    };
     NodeStatus {
         node_id,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -127,6 +144,7 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
             })
             .collect(),
         refused_total: counts.values().sum(),
+        conflicts,
     }
 }
 

@@ -56,6 +56,19 @@ pub fn format_status(s: &NodeStatus) -> String {
     for (port, why) in &h.quarantined {
         let _ = writeln!(o, "quarantined frontend {port}: {why}");
     }
+    if !s.conflicts.is_empty() {
+        let _ = writeln!(
+            o,
+            "conflicts: live servers left out because another name owns their frontend"
+        );
+        for c in &s.conflicts {
+            let _ = writeln!(
+                o,
+                "  frontend {}  server {}  name {}  (owner {})",
+                c.frontend, c.server, c.name, c.owner
+            );
+        }
+    }
     if !s.storage_ok {
         let _ = writeln!(
             o,
@@ -91,6 +104,75 @@ pub fn format_status(s: &NodeStatus) -> String {
                 "NOT converged"
             }
         );
+        let masters = &s.vrrp.masters;
+        match masters.len() {
+            0 => {}
+            1 => {
+                let _ = writeln!(o, "floating IP on {}", masters[0]);
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "SPLIT BRAIN: {} all hold the floating IP (VRRP MASTER); the network decides who gets the traffic",
+                    masters.join(", ")
+                );
+            }
+        }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(extra: serde_json::Value) -> NodeStatus {
+        let mut v = serde_json::json!({
+            "node_id": "lb1", "version": "0.1.0", "uptime_seconds": 5,
+            "registry": {"digest": "d1", "generation": 3, "frontends": 1, "servers": 1, "conflicts": 0},
+            "haproxy": {"mode": "supervised", "running": true, "master_pid": 7, "restarts": 0,
+                "config_digest": "c1", "wanted_config_digest": "c1", "in_step": true,
+                "last_apply": null, "quarantined": {}, "reloads": 1, "runtime_updates": 0},
+            "storage_ok": true,
+            "peers": [
+                {"node_id": "lb1", "live": true, "generation": 1, "gossip_addr": "198.18.0.1:7946",
+                 "api_addr": null, "registry_digest": "d1", "config_digest": "c1", "vrrp_state": "MASTER VI_1"},
+                {"node_id": "lb2", "live": true, "generation": 2, "gossip_addr": "198.18.0.2:7946",
+                 "api_addr": null, "registry_digest": "d1", "config_digest": "c1", "vrrp_state": "BACKUP VI_1"}
+            ],
+            "converged": true,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn says_who_holds_the_vip_and_split_brain() {
+        let one = format_status(&status(serde_json::json!({
+            "vrrp": {"state": "MASTER VI_1", "masters": ["lb1"], "split_brain": false}
+        })));
+        assert!(one.contains("floating IP on lb1"), "{one}");
+        assert!(!one.contains("SPLIT BRAIN"), "{one}");
+        let two = format_status(&status(serde_json::json!({
+            "vrrp": {"state": "MASTER VI_1", "masters": ["lb1", "lb2"], "split_brain": true}
+        })));
+        assert!(
+            two.contains("SPLIT BRAIN: lb1, lb2 all hold the floating IP"),
+            "{two}"
+        );
+    }
+
+    #[test]
+    fn lists_conflicts() {
+        let out = format_status(&status(serde_json::json!({
+            "conflicts": [{"frontend": 443, "server": "203.0.113.9:30443", "name": "other", "owner": "web"}]
+        })));
+        assert!(
+            out.contains("frontend 443  server 203.0.113.9:30443  name other  (owner web)"),
+            "{out}"
+        );
+        assert!(!format_status(&status(serde_json::json!({}))).contains("conflicts:"));
+    }
 }
