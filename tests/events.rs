@@ -171,6 +171,15 @@ fn every_event_of_a_peer_is_a_json_line_and_listed_by_the_api() {
     let from = d.log().len();
     d.spawn();
     assert!(d.log()[from..].contains("adopting the HAProxy master"));
+    // Once HAProxy's check has the server down again, bring it back.
+    eventually(Duration::from_secs(15), "HAProxy to see a down", || {
+        let (_, f) = d.get(&format!("/v1/frontends/{port}"));
+        f["servers"]
+            .as_array()?
+            .iter()
+            .any(|s| s["address"] == a.addr.to_string() && s["health"] == "down")
+            .then_some(())
+    });
     let a_again = Backend::start_at(a.addr, "a");
     let up = wait_log_line(&d, "HAProxy's server-up notice after adoption", from, |l| {
         l["target"] == "haproxy" && l["message"].as_str().is_some_and(|m| m.contains("is UP"))
