@@ -341,8 +341,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the mesh gauges from the peer list (one row per node id, this peer included).
-    pub fn observe_peers(&self, peers: &[crate::status::PeerStatus]) {
+    /// Sets the mesh gauges from the mesh task's snapshot.
+    pub fn observe_mesh(&self, snap: &crate::mesh::MeshSnapshot) {
+        let (peers, state) = (&snap.peers, &snap.state);
         let live = peers.iter().filter(|p| p.live).count();
         self.peers
             .get_or_create(&PeerStateLabels { state: "live" })
@@ -350,10 +351,13 @@ impl Metrics {
         self.peers
             .get_or_create(&PeerStateLabels { state: "dead" })
             .set((peers.len() - live) as i64);
-        self.converged
-            .set(i64::from(crate::status::converged(peers)));
-        self.vrrp_masters
-            .set(crate::mesh::snapshot::vip_holders(peers).len() as i64);
+        self.converged.set(i64::from(state.converged));
+        self.lag_seconds.set(
+            state
+                .lag(state.computed_at_ms)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        self.vrrp_masters.set(state.vip_holders.len() as i64);
     }
 
     /// Counts a refused peer connection (see [`refused_connection`]).

@@ -378,7 +378,7 @@ impl Observe {
     fn report(&self, prev: &MeshSnapshot, snap: &MeshSnapshot) {
         let (was, is) = (&prev.state, &snap.state);
         if let Some(m) = &self.metrics {
-            m.observe_peers(&snap.peers);
+            m.observe_mesh(snap);
         }
         if is.caught_up && !was.caught_up {
             tracing::info!(
