@@ -61,20 +61,16 @@ pub mod refused_connection {
     pub const REVOKED: &str = "revoked";
     /// The certificate names another node than the one the peer gossips as.
     pub const IDENTITY: &str = "identity";
-    /// Another live peer already uses this node id.
-    pub const DUPLICATE_NODE_ID: &str = "duplicate_node_id";
-    pub const ALL: [&str; 4] = [TLS, REVOKED, IDENTITY, DUPLICATE_NODE_ID];
-}
+    pub const ALL: [&str; 3] = [TLS, REVOKED, IDENTITY];
 
-/// Why an entry gossiped by a peer was refused (`lbmesh_gossip_entries_refused_total`).
-pub mod refused_entry {
-    /// It cannot be decoded.
-    pub const MALFORMED: &str = "malformed";
-    /// This peer's port or address policy forbids it.
-    pub const POLICY: &str = "policy";
-    /// It would exceed this peer's limits.
-    pub const LIMIT: &str = "limit";
-    pub const ALL: [&str; 3] = [MALFORMED, POLICY, LIMIT];
+    /// The reason of a failed handshake, from its error text.
+    pub fn of_handshake(error: &str) -> &'static str {
+        if error.contains("Revoked") || error.contains("revoked") {
+            REVOKED
+        } else {
+            TLS
+        }
+    }
 }
 
 /// Buckets for latencies across the mesh, from a millisecond to a minute.
@@ -112,7 +108,7 @@ pub struct Metrics {
     pub converged: Gauge,
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub peer_connections_refused: Family<ReasonLabels, Counter>,
-    pub gossip_entries_refused: Family<ReasonLabels, Counter>,
+    pub gossip_entries_malformed: Counter,
     pub api_connections_refused: Family<ReasonLabels, Counter>,
     pub replication_seconds: Histogram,
     pub propagation_seconds: Histogram,
@@ -244,7 +240,7 @@ impl Metrics {
         let peer_connections_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "peer_connections_refused",
-            "Gossip connections refused, by reason (tls, revoked, identity, duplicate_node_id)",
+            "Gossip connections refused or closed, by reason (tls, revoked, identity)",
             peer_connections_refused.clone(),
         );
         for reason in refused_connection::ALL {
@@ -252,17 +248,12 @@ impl Metrics {
                 .get_or_create(&ReasonLabels { reason })
                 .inc_by(0);
         }
-        let gossip_entries_refused = Family::<ReasonLabels, Counter>::default();
+        let gossip_entries_malformed = Counter::default();
         registry.register(
-            "gossip_entries_refused",
-            "Entries gossiped by peers that this peer refused, by reason (malformed, policy, limit)",
-            gossip_entries_refused.clone(),
+            "gossip_entries_malformed",
+            "Entries gossiped by peers that cannot be decoded (entries refused by this peer's policy are lbmesh_refused_entries)",
+            gossip_entries_malformed.clone(),
         );
-        for reason in refused_entry::ALL {
-            gossip_entries_refused
-                .get_or_create(&ReasonLabels { reason })
-                .inc_by(0);
-        }
         let replication_seconds = Histogram::new(mesh_latency_buckets());
         registry.register(
             "replication_seconds",
@@ -314,7 +305,7 @@ impl Metrics {
             converged,
             lag_seconds,
             peer_connections_refused,
-            gossip_entries_refused,
+            gossip_entries_malformed,
             api_connections_refused,
             replication_seconds,
             propagation_seconds,
@@ -387,18 +378,44 @@ impl Metrics {
         }
     }
 
-    /// Counts an entry gossiped by a peer and refused (see [`refused_entry`]).
-    pub fn refused_entry(&self, reason: &'static str) {
-        self.gossip_entries_refused
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
-    }
-
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_certificate_is_told_apart_from_other_handshake_failures() {
+        let revoked =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked).to_string();
+        assert_eq!(refused_connection::of_handshake(&revoked), "revoked");
+        let unknown_ca =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer).to_string();
+        assert_eq!(refused_connection::of_handshake(&unknown_ca), "tls");
+        assert_eq!(
+            refused_connection::of_handshake("handshake timed out"),
+            "tls"
+        );
+    }
+
+    #[test]
+    fn every_label_set_is_there_from_the_start() {
+        let text = Metrics::new().encode();
+        for needle in [
+            "lbmesh_haproxy_reloads_total{cause=\"expiry\",result=\"failed\"} 0",
+            "lbmesh_haproxy_runtime_changes_total{cause=\"registry\",result=\"ok\"} 0",
+            "lbmesh_peer_connections_refused_total{reason=\"revoked\"} 0",
+            "lbmesh_peers{state=\"dead\"} 0",
+            "lbmesh_haproxy_restarts_total 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
     }
 }

@@ -75,7 +75,13 @@ pub(super) async fn submit(
     wait: WaitQuery,
     client: ClientIp,
 ) -> Result<ChangeResponse, ApiError> {
+    let started = std::time::Instant::now();
     let accepted = st.registry.submit(cmd).await?;
+    if accepted.replicated == Some(true) {
+        st.metrics
+            .replication_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
     let change = accepted.change;
     let lease_end = match &change.entry.op {
         Op::Add { expires_ms, .. } if !change.entry.is_delete() => Some(*expires_ms),

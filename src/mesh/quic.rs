@@ -75,7 +75,7 @@ struct RefusalLog {
 impl RefusalLog {
     fn refused(&self, remote: SocketAddr, why: &str) {
         if let Some(m) = &self.metrics {
-            m.refused_connection(crate::metrics::refused_connection::TLS);
+            m.refused_connection(crate::metrics::refused_connection::of_handshake(why));
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -334,6 +334,11 @@ async fn watch_crl(
                 peers.endpoint.set_server_config(Some(server));
                 peers.client.store(Arc::new(client));
                 let closed = peers.links.close_revoked(&serials);
+                if let Some(m) = &peers.refusals.metrics {
+                    for _ in 0..closed {
+                        m.refused_connection(crate::metrics::refused_connection::REVOKED);
+                    }
+                }
                 tracing::warn!(
                     crl = %crl.display(),
                     revoked = serials.len(),

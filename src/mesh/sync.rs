@@ -84,7 +84,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
     } = task;
     let refused_entry = |e: &codec::DecodeError, origin: &Origin| {
         if let Some(m) = &metrics {
-            m.refused_entry(crate::metrics::refused_entry::MALFORMED);
+            m.gossip_entries_malformed.inc();
         }
         tracing::warn!(peer = %origin, error = %e, "ignoring a gossiped entry");
     };
