@@ -135,6 +135,19 @@ fn external_mode_reloads_an_haproxy_it_does_not_own() {
     let second = Backend::start("external-2");
     d.add("traefik", port, second.addr);
     assert_eq!(d.in_step()["haproxy"]["reloads"].as_u64().unwrap(), reloads);
+    // The service's own log reaches lbmesh's, at its level, although its
+    // standard error goes elsewhere: through lbmesh's log socket.
+    second.stop();
+    eventually(
+        Duration::from_secs(10),
+        "HAProxy's alert in lbmesh's log",
+        || {
+            d.log()
+                .lines()
+                .any(|l| l.contains("ERROR haproxy:") && l.contains("is DOWN"))
+                .then_some(())
+        },
+    );
     // lbmesh stopping leaves the service running.
     let frontend = d.frontend(port);
     drop(d);

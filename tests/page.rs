@@ -123,7 +123,7 @@ fn the_status_page_shows_the_mesh_frontends_health_conflicts_and_events() {
     // A frontend whose port is taken on lb1: quarantined there, so lb1 serves
     // another config than lb2 and the mesh is not converged.
     let busy = free_port(&lb1.ip);
-    let _squatter = TcpListener::bind((lb1.ip.as_str(), busy)).unwrap();
+    let squatter = TcpListener::bind((lb1.ip.as_str(), busy)).unwrap();
     let (code, v) = lb1.hook(
         &json!({"name": "mqtt", "frontend-port": busy.to_string(),
             "backend-port": up.addr.port().to_string(), "dst-ip": up.addr.ip().to_string(), "action": "add"}),
@@ -216,6 +216,15 @@ fn the_status_page_shows_the_mesh_frontends_health_conflicts_and_events() {
             ),
         ],
     );
+
+    // The port comes free: the quarantine lifts and the mesh converges.
+    drop(squatter);
+    eventually(Duration::from_secs(20), "the mesh to converge", || {
+        (lb1.status()["converged"] == true).then_some(())
+    });
+    let page = visible_text(&chromium(&url, &["--dump-dom"]));
+    has(&page, "2 live · floating IP on lb1 · converged since 20");
+    assert!(!page.contains("Quarantined"), "{page}");
 
     // Without a token: whether this peer is healthy, and a place for the token.
     let page = visible_text(&chromium(&format!("http://{}/", lb1.api), &["--dump-dom"]));

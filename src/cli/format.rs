@@ -95,15 +95,25 @@ pub fn format_status(s: &NodeStatus) -> String {
                 p.vrrp_state.as_deref().unwrap_or("-")
             );
         }
-        let _ = writeln!(
-            o,
-            "mesh {}",
-            if s.converged {
-                "converged: every live peer has the same digests"
-            } else {
-                "NOT converged"
-            }
-        );
+        let state = &s.mesh;
+        let _ = match (
+            s.converged,
+            state.converged_since_ms,
+            state.lagging_since_ms,
+        ) {
+            (true, Some(since), _) => writeln!(
+                o,
+                "mesh converged since {}: every live peer has the same digests",
+                crate::status::rfc3339(since)
+            ),
+            (true, None, _) => writeln!(o, "mesh converged: every live peer has the same digests"),
+            (false, _, Some(since)) => writeln!(
+                o,
+                "mesh NOT converged; this peer has served another config than most live peers since {}",
+                crate::status::rfc3339(since)
+            ),
+            (false, _, None) => writeln!(o, "mesh NOT converged"),
+        };
         let masters = &s.vrrp.masters;
         match masters.len() {
             0 => {}

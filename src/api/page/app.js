@@ -100,6 +100,9 @@ function showStatus(s) {
   const mesh = s.mesh || {};
   let conv = s.converged ? "converged" : "NOT converged";
   if (s.converged && mesh.converged_since_ms) conv += " since " + utc(mesh.converged_since_ms);
+  if (!s.converged && mesh.lagging_since_ms) {
+    conv += "; this peer has differed from most live peers since " + utc(mesh.lagging_since_ms);
+  }
   parts.push(conv);
   const summary = $("mesh-summary");
   summary.textContent = parts.join(" · ");
