@@ -84,7 +84,10 @@ pub struct VrrpStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistryStatus {
     pub digest: String,
-    pub generation: u64,
+    /// Changes to this peer's registry (its own writes and merged gossip)
+    /// since its lbmesh started; 0 again after a restart.
+    #[serde(alias = "generation")]
+    pub changes: u64,
     pub frontends: usize,
     pub servers: usize,
     /// Live servers left out because another name owns their frontend.
@@ -143,7 +146,10 @@ impl From<&ApplyReport> for ApplyReportOut {
 pub struct PeerStatus {
     pub node_id: String,
     pub live: bool,
-    pub generation: u64,
+    /// Which start of the peer this row describes (Unix ms of the start,
+    /// larger on every start).
+    #[serde(alias = "generation")]
+    pub incarnation: u64,
     pub gossip_addr: String,
     pub api_addr: Option<String>,
     pub registry_digest: Option<String>,

@@ -478,7 +478,7 @@ fn bad_requests_are_refused_with_a_reason_and_change_nothing() {
         "the registry changed"
     );
     assert_eq!(
-        list_after["generation"], list_before["generation"],
+        list_after["changes"], list_before["changes"],
         "the registry changed"
     );
     // Still serving what it served.

@@ -133,7 +133,7 @@ async fn a_dead_peers_registrations_stay_and_a_restart_keeps_them() {
     c.kill(1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(serves(&c, 0, 443, "198.18.10.1:30443") && serves(&c, 2, 443, "198.18.10.1:30443"));
-    // Back with its data: a new generation that republishes what it accepted.
+    // Back with its data: a new incarnation that republishes what it accepted.
     c.restart(1, false).await.unwrap();
     assert!(
         serves(&c, 1, 443, "198.18.10.1:30443"),

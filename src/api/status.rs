@@ -86,7 +86,7 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
         uptime_seconds: st.started.elapsed().as_secs(),
         registry: RegistryStatus {
             digest: summary.digest,
-            generation,
+            changes: generation,
             frontends: summary.frontends,
             servers: summary.servers,
             conflicts: summary.conflicts,

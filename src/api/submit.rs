@@ -29,7 +29,10 @@ pub struct ChangeResponse {
     pub expires_at: Option<String>,
     /// The peer that accepted the write.
     pub peer: String,
-    pub generation: u64,
+    /// Which change of that peer's registry this was, counted since its
+    /// lbmesh started.
+    #[serde(alias = "generation")]
+    pub change: u64,
     /// With replicated acknowledgements (`registry.ack = "replicated"`):
     /// whether another peer confirmed it holds the change on its disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,7 +115,7 @@ pub(super) async fn submit(
         lease_seconds: lease_seconds(st.registry.now_ms()),
         expires_at: lease_end.map(rfc3339),
         peer,
-        generation: change.generation,
+        change: change.generation,
         replicated: accepted.replicated,
         applied,
         apply_error,

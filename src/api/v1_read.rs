@@ -78,7 +78,7 @@ pub(super) async fn list_frontends(State(st): State<ApiState>, headers: HeaderMa
     let apply = st.apply.borrow().clone();
     let health = st.health.borrow().clone();
     Json(serde_json::json!({
-        "generation": view.generation,
+        "changes": view.generation,
         "digest": view.digest(),
         "frontends": view.frontends.values().map(|f| frontend_out(f, now, &apply, &health)).collect::<Vec<_>>(),
         "conflicts": view.conflicts,

@@ -18,9 +18,9 @@ pub fn format_status(s: &NodeStatus) -> String {
     );
     let _ = writeln!(
         o,
-        "registry  digest {}  generation {}  frontends {}  servers {}  conflicts {}",
+        "registry  digest {}  changes {}  frontends {}  servers {}  conflicts {}",
         s.registry.digest,
-        s.registry.generation,
+        s.registry.changes,
         s.registry.frontends,
         s.registry.servers,
         s.registry.conflicts
@@ -80,7 +80,7 @@ pub fn format_status(s: &NodeStatus) -> String {
         let _ = writeln!(
             o,
             "{:<20} {:<5} {:>14} {:<22} {:<17} {:<17} VRRP",
-            "PEER", "LIVE", "GENERATION", "GOSSIP", "REGISTRY", "CONFIG"
+            "PEER", "LIVE", "INCARNATION", "GOSSIP", "REGISTRY", "CONFIG"
         );
         for p in &s.peers {
             let _ = writeln!(
@@ -88,7 +88,7 @@ pub fn format_status(s: &NodeStatus) -> String {
                 "{:<20} {:<5} {:>14} {:<22} {:<17} {:<17} {}",
                 p.node_id,
                 if p.live { "yes" } else { "no" },
-                p.generation,
+                p.incarnation,
                 p.gossip_addr,
                 p.registry_digest.as_deref().unwrap_or("-"),
                 p.config_digest.as_deref().unwrap_or("-"),
@@ -139,15 +139,15 @@ mod tests {
     fn status(extra: serde_json::Value) -> NodeStatus {
         let mut v = serde_json::json!({
             "node_id": "lb1", "version": "0.1.0", "uptime_seconds": 5,
-            "registry": {"digest": "d1", "generation": 3, "frontends": 1, "servers": 1, "conflicts": 0},
+            "registry": {"digest": "d1", "changes": 3, "frontends": 1, "servers": 1, "conflicts": 0},
             "haproxy": {"mode": "supervised", "running": true, "master_pid": 7, "restarts": 0,
                 "config_digest": "c1", "wanted_config_digest": "c1", "in_step": true,
                 "last_apply": null, "quarantined": {}, "reloads": 1, "runtime_updates": 0},
             "storage_ok": true,
             "peers": [
-                {"node_id": "lb1", "live": true, "generation": 1, "gossip_addr": "198.18.0.1:7946",
+                {"node_id": "lb1", "live": true, "incarnation": 1, "gossip_addr": "198.18.0.1:7946",
                  "api_addr": null, "registry_digest": "d1", "config_digest": "c1", "vrrp_state": "MASTER VI_1"},
-                {"node_id": "lb2", "live": true, "generation": 2, "gossip_addr": "198.18.0.2:7946",
+                {"node_id": "lb2", "live": true, "incarnation": 2, "gossip_addr": "198.18.0.2:7946",
                  "api_addr": null, "registry_digest": "d1", "config_digest": "c1", "vrrp_state": "BACKUP VI_1"}
             ],
             "converged": true,
@@ -184,5 +184,24 @@ mod tests {
             "{out}"
         );
         assert!(!format_status(&status(serde_json::json!({}))).contains("conflicts:"));
+    }
+
+    #[test]
+    fn reads_an_older_peer_that_said_generation() {
+        let mut v = serde_json::to_value(status(serde_json::json!({}))).unwrap();
+        v["registry"]["generation"] = v["registry"]["changes"].take();
+        v["registry"].as_object_mut().unwrap().remove("changes");
+        for p in v["peers"].as_array_mut().unwrap() {
+            let p = p.as_object_mut().unwrap();
+            let inc = p.remove("incarnation").unwrap();
+            p.insert("generation".into(), inc);
+        }
+        let s: NodeStatus = serde_json::from_value(v).unwrap();
+        assert_eq!((s.registry.changes, s.peers[1].incarnation), (3, 2));
+        let out = format_status(&s);
+        assert!(
+            out.contains("changes 3") && out.contains("INCARNATION"),
+            "{out}"
+        );
     }
 }

@@ -37,23 +37,23 @@ impl MeshWatch {
             let was_live = old.get(n.node_id.as_str()).is_some_and(|o| o.live);
             let seen = self.seen_live.get(&n.node_id).copied();
             if n.live {
-                self.seen_live.insert(n.node_id.clone(), n.generation);
+                self.seen_live.insert(n.node_id.clone(), n.incarnation);
             }
             match (was_live, n.live, seen) {
                 (false, true, None) => out.push(EventKind::PeerJoined {
                     peer: n.node_id.clone(),
-                    incarnation: n.generation,
+                    incarnation: n.incarnation,
                     gossip_addr: n.gossip_addr.clone(),
                 }),
                 (true, false, _) => out.push(EventKind::PeerDead {
                     peer: n.node_id.clone(),
-                    incarnation: n.generation,
+                    incarnation: n.incarnation,
                 }),
-                (was_live, true, Some(before)) if !was_live || before != n.generation => {
+                (was_live, true, Some(before)) if !was_live || before != n.incarnation => {
                     out.push(EventKind::PeerBack {
                         peer: n.node_id.clone(),
-                        incarnation: n.generation,
-                        restarted: before != n.generation,
+                        incarnation: n.incarnation,
+                        restarted: before != n.incarnation,
                     })
                 }
                 _ => {}
@@ -117,7 +117,7 @@ mod tests {
         PeerStatus {
             node_id: id.into(),
             live,
-            generation: incarnation,
+            incarnation,
             gossip_addr: "198.18.0.1:7946".into(),
             api_addr: None,
             registry_digest: None,

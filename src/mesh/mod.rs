@@ -194,7 +194,7 @@ impl Mesh {
         }
         tracing::info!(
             node = %settings.origin.node,
-            generation = settings.origin.generation,
+            incarnation = settings.origin.generation,
             gossip = %settings.listen,
             seeds = ?settings.seeds,
             entries = own.len(),

@@ -100,7 +100,7 @@ fn row(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> PeerStatus {
             .take(63)
             .collect(),
         live,
-        generation: id.generation_id,
+        incarnation: id.generation_id,
         gossip_addr: id.gossip_advertise_addr.to_string(),
         api_addr: meta(state, META_API),
         registry_digest,
@@ -173,7 +173,7 @@ impl Observe {
         let me = PeerStatus {
             node_id: self.me.node_id.to_string(),
             live: true,
-            generation: self.me.generation_id,
+            incarnation: self.me.generation_id,
             gossip_addr: self.me.gossip_advertise_addr.to_string(),
             api_addr: Some(self.api_url.clone()),
             registry_digest: Some(registry_digest),

@@ -275,7 +275,7 @@ fn catch_up(prev: &MeshState, seen: &Observation, rule: &CatchUpRule) -> Result<
     if rule.other_seeds.is_empty() {
         return Ok(CaughtUp::NoSeeds);
     }
-    let me: Incarnation = (seen.me.node_id.clone(), seen.me.generation);
+    let me: Incarnation = (seen.me.node_id.clone(), seen.me.incarnation);
     let live: Vec<&Observed> = seen.others.iter().filter(|o| o.status.live).collect();
     let held = |o: &Observed| o.sync.as_ref().is_some_and(|s| s.held_by(&seen.holds, &me));
     if let Some(o) = live
@@ -390,11 +390,11 @@ mod tests {
 
     use super::*;
 
-    fn row(id: &str, live: bool, generation: u64, digests: (&str, &str)) -> PeerStatus {
+    fn row(id: &str, live: bool, incarnation: u64, digests: (&str, &str)) -> PeerStatus {
         PeerStatus {
             node_id: id.into(),
             live,
-            generation,
+            incarnation,
             gossip_addr: "198.18.0.1:7946".into(),
             api_addr: None,
             registry_digest: Some(digests.0.into()),

@@ -115,7 +115,7 @@ function showStatus(s) {
     peers.map((p) => [
       p.node_id + (p.node_id === s.node_id ? " (this peer)" : ""),
       el("span", p.live ? "live" : "dead", p.live ? "good" : "bad"),
-      p.incarnation !== undefined ? p.incarnation : p.generation,
+      p.incarnation,
       p.gossip_addr,
       p.api_addr,
       p.registry_digest,
