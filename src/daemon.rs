@@ -266,6 +266,13 @@ pub async fn run(
         ),
     );
     tasks.spawn(Stage::First, "applier", applier.run(shutdown_rx.clone()));
+    // Writes own entries; at shutdown it answers what is queued and writes
+    // the lease ends renewed from memory.
+    tasks.spawn(
+        Stage::First,
+        "committer",
+        shared.clone().run(shutdown_rx.clone()),
+    );
     tasks.spawn(
         Stage::First,
         "maintenance",
@@ -377,10 +384,11 @@ pub async fn run(
     note(tasks.stop(Stage::Gossip, Duration::from_secs(5)).await);
     let _ = haproxy_stop_tx.send(true);
     note(tasks.stop(Stage::Haproxy, Duration::from_secs(10)).await);
-    shared
-        .compact()
-        .await
-        .context("final compaction of the registry")?;
+    // Everything is in the log already; a compaction that fails (a full
+    // disk) loses nothing.
+    if let Err(e) = shared.compact().await {
+        tracing::warn!(error = %e, "final compaction of the registry failed; the log keeps everything");
+    }
     if failed.is_empty() {
         tracing::info!("stopped");
         Ok(())
@@ -405,11 +413,9 @@ fn announce_token(path: &std::path::Path, token: &Token) {
     }
 }
 
-/// Logs lease ends, compacts the write-ahead log when it has grown well past
-/// the live state, and forgets expired leases.
+/// Logs lease ends as they pass.
 async fn maintain(shared: Arc<SharedRegistry>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_gc = Instant::now();
     let mut leases_checked = shared.now_ms();
     loop {
         tokio::select! {
@@ -417,13 +423,5 @@ async fn maintain(shared: Arc<SharedRegistry>, mut shutdown: watch::Receiver<boo
             () = crate::shutdown::signalled(&mut shutdown) => return,
         }
         crate::events::note_lease_ends(&shared, &mut leases_checked);
-        let held = shared.with(|r| r.entry_count()) as u64;
-        let wal = shared.store().wal_records();
-        if wal > 2 * held + 10_000 || (wal > 0 && last_gc.elapsed() > Duration::from_secs(300)) {
-            last_gc = Instant::now();
-            if let Err(e) = shared.compact().await {
-                tracing::error!(error = %e, "compaction failed");
-            }
-        }
     }
 }

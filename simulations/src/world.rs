@@ -11,7 +11,7 @@ use std::time::Duration;
 use lbmesh::clock::{Clock, Stamp, TokioClock};
 use lbmesh::haproxy::render::{RenderSettings, render};
 use lbmesh::mesh::cluster::{Cluster, ClusterSettings};
-use lbmesh::registry::{Command, Key, Limits, RegistryView, ServiceName};
+use lbmesh::registry::{Command, Durability, Key, Limits, RegistryView, ServiceName};
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -79,9 +79,13 @@ impl Client {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
-    /// Served until about this reference time (ms).
+    /// Served until at least `until_ms` and at most about `last_ms`
+    /// (reference time, ms). They differ for a renewal answered from memory:
+    /// other peers may hold the lease end it last published, up to a tenth
+    /// of the TTL (at most the skew bound) earlier.
     Served {
         until_ms: u64,
+        last_ms: u64,
     },
     Gone,
     /// Either outcome is correct (an add racing a delete it could not see
@@ -249,9 +253,18 @@ impl World {
                 expect: if racing {
                     Expect::Either
                 } else {
-                    Expect::Served {
-                        until_ms: self.clock.now_ms() + client.ttl.as_millis() as u64,
-                    }
+                    let last_ms = self.clock.now_ms() + client.ttl.as_millis() as u64;
+                    let until_ms = if change.durability == Durability::Memory {
+                        let step = (client.ttl / 10).min(self.max_skew()).as_millis() as u64;
+                        let before = match prev.map(|p| p.expect) {
+                            Some(Expect::Served { until_ms, .. }) => until_ms,
+                            _ => 0,
+                        };
+                        before.max(last_ms - step)
+                    } else {
+                        last_ms
+                    };
+                    Expect::Served { until_ms, last_ms }
                 },
                 delete: None,
             }
@@ -534,13 +547,13 @@ impl World {
                     .get(&key.frontend)
                     .is_some_and(|f| f.servers.contains_key(&key.server));
                 match acked.expect {
-                    Expect::Served { until_ms } if now_ms + margin < until_ms && !served => {
+                    Expect::Served { until_ms, .. } if now_ms + margin < until_ms && !served => {
                         return Err(format!(
                             "p{p} lost {key}: a client was told it is registered until {} ms from start",
                             until_ms - self.cluster.settings.start_ms
                         ));
                     }
-                    Expect::Served { until_ms } if now_ms > until_ms + margin && served => {
+                    Expect::Served { last_ms, .. } if now_ms > last_ms + margin && served => {
                         return Err(format!("p{p} still serves {key} after its lease ended"));
                     }
                     Expect::Gone if served => {

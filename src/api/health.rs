@@ -43,8 +43,10 @@ fn mesh_problems(st: &ApiState, apply: &ApplyStatus) -> Vec<String> {
 /// the registry asks for, or this peer's config lags the mesh.
 pub async fn health_problems(st: &ApiState) -> Vec<String> {
     let mut problems = Vec::new();
-    if st.registry.store().is_failed() {
-        problems.push("storage failed; writes are refused".to_string());
+    if let Some(why) = st.registry.store().failure() {
+        problems.push(format!(
+            "the last write to disk failed ({why}); writes are refused until one succeeds"
+        ));
     }
     if let Err(e) = health_probe(&st.haproxy).await {
         problems.push(format!("HAProxy does not answer: {e}"));

@@ -57,6 +57,7 @@ pub struct Node {
     /// The generation of the last start (memory stores keep none on disk).
     last_generation: u64,
     registry: Option<Arc<SharedRegistry>>,
+    committer: Option<tokio::task::JoinHandle<()>>,
     mesh: Option<Mesh>,
     shutdown: Option<watch::Sender<bool>>,
     _apply: watch::Sender<ApplyStatus>,
@@ -136,6 +137,7 @@ impl Cluster {
             disk: MemoryDisk::default(),
             last_generation: 0,
             registry: None,
+            committer: None,
             mesh: None,
             shutdown: None,
             _apply: apply,
@@ -194,6 +196,7 @@ impl Cluster {
             shutdown_rx,
         )
         .await?;
+        node.committer = Some(tokio::spawn(shared.clone().run(shutdown.subscribe())));
         node.registry = Some(shared);
         node.mesh = Some(mesh);
         node.shutdown = Some(shutdown);
@@ -205,6 +208,9 @@ impl Cluster {
         let node = &mut self.nodes[i];
         if let Some(s) = node.shutdown.take() {
             let _ = s.send(true);
+        }
+        if let Some(c) = node.committer.take() {
+            let _ = c.await;
         }
         if let Some(m) = node.mesh.take() {
             m.stop().await;

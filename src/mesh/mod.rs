@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use self::snapshot::CatchUpRule;
 pub use self::snapshot::{CaughtUp, MeshSnapshot, MeshState};
 use crate::haproxy::apply::ApplyStatus;
-use crate::shared::{Confirmed, OwnEvent, Published, Replication, SharedRegistry};
+use crate::shared::{Confirmed, Gossiped, OwnEvent, Published, Replication, SharedRegistry};
 
 /// Keys a peer publishes about itself.
 pub const META_API: &str = "meta/api";
@@ -146,12 +146,14 @@ impl Mesh {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let (published_tx, published) = watch::channel(Published::default());
         let (confirmed_tx, confirmed) = watch::channel(Confirmed::default());
+        let (gossiped_tx, gossiped) = watch::channel(Gossiped::default());
         let (stored_tx, stored_rx) = mpsc::unbounded_channel();
         let own = registry.attach_mesh(
             outbox,
             Replication {
                 published,
                 confirmed,
+                gossiped,
             },
         );
         let mut initial: Vec<(String, String)> = own
@@ -246,6 +248,7 @@ impl Mesh {
             )),
             tokio::spawn(ack::publish_watermarks(
                 handle.clone(),
+                registry.clone(),
                 stored_rx,
                 shutdown.clone(),
             )),
@@ -256,6 +259,7 @@ impl Mesh {
                     identities: settings.identities.clone(),
                     wake: wake_acks,
                     confirmed: confirmed_tx,
+                    gossiped: gossiped_tx,
                 }
                 .run(shutdown.clone()),
             ),

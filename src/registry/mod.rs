@@ -3,11 +3,12 @@
 
 pub mod backend_policy;
 pub mod entry;
+pub mod own;
 pub mod policy;
 pub mod types;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 pub use backend_policy::{AddressRefusal, BackendPolicy, LoopGuard};
 pub use entry::{Entry, Op};
+pub use own::Durability;
 pub use policy::{PolicyError, PortPolicy, PortRange};
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
 pub use view::{FrontendView, RefusedView, RegistryView, ServerView, Summary};
@@ -102,11 +104,14 @@ pub struct Change {
     pub config_generation: u64,
     /// Whether HAProxy's config must change for this to be served.
     pub affects_config: bool,
-    /// Whether `entry` is a new write of this peer (false for a no-op delete,
-    /// where `entry` is the tombstone already known).
+    /// Whether `entry` is a new write of this peer, to persist and publish
+    /// (false for a no-op delete, where `entry` is the tombstone already
+    /// known, and for a renewal that only moved the acknowledged lease end).
     pub written: bool,
     /// Own entries forgotten to keep the tombstones bounded; no longer published.
     pub forgotten: Vec<Key>,
+    /// What the change needs before it is answered.
+    pub durability: Durability,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -308,6 +313,13 @@ pub struct Registry {
     adds_per_frontend: BTreeMap<u16, usize>,
     generation: u64,
     config_generation: u64,
+    /// Own lease ends acknowledged beyond the published entry's (renewals
+    /// answered from memory).
+    leases: BTreeMap<Key, Entry>,
+    /// Own keys renewed since the last background flush.
+    dirty: BTreeSet<Key>,
+    /// Own writes not yet on disk, with what each key held before.
+    unsettled: BTreeMap<Key, own::Before>,
 }
 
 impl Registry {
@@ -328,6 +340,9 @@ impl Registry {
             adds_per_frontend: BTreeMap::new(),
             generation: 0,
             config_generation: 0,
+            leases: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            unsettled: BTreeMap::new(),
         }
     }
 
@@ -545,6 +560,7 @@ impl Registry {
                     affects_config: false,
                     written: false,
                     forgotten: Vec::new(),
+                    durability: Durability::Disk,
                 });
             }
             _ => false,
@@ -590,6 +606,8 @@ impl Registry {
             let Some((_, key)) = self.own_tombstones.first().copied() else {
                 break;
             };
+            // Put back if the delete that forgets it does not reach the disk.
+            self.unsettle(key);
             self.set_entry(key, own.clone(), None);
             forgotten.push(key);
         }
@@ -605,6 +623,7 @@ impl Registry {
     ) -> Change {
         let affects_config = outcome != Outcome::Renewed && outcome != Outcome::Absent;
         let origin = self.origin.clone();
+        self.unsettle(key);
         self.set_entry(key, origin, Some(entry.clone()));
         self.generation += 1;
         if affects_config {
@@ -620,6 +639,7 @@ impl Registry {
             affects_config,
             written: true,
             forgotten: Vec::new(),
+            durability: Durability::Disk,
         }
     }
 
@@ -955,13 +975,22 @@ impl Registry {
         let mut dead: Vec<(Key, Origin)> = Vec::new();
         for (k, ke) in &self.keys {
             for (p, e) in &ke.by_peer {
-                if !self.entry_matters(e, now_ms) {
+                let renewed = *p == self.origin
+                    && self
+                        .leases
+                        .get(k)
+                        .is_some_and(|l| self.entry_matters(l, now_ms));
+                if !self.entry_matters(e, now_ms) && !renewed {
                     dead.push((*k, p.clone()));
                 }
             }
         }
         for (k, p) in &dead {
             self.set_entry(*k, p.clone(), None);
+            if *p == self.origin {
+                self.leases.remove(k);
+                self.dirty.remove(k);
+            }
         }
         dead
     }

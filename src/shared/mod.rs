@@ -1,20 +1,25 @@
-//! The registry shared by the API, HAProxy applier and gossip: serializes
-//! writes, makes them durable (and, with replicated acknowledgements, held
-//! by another peer) before they are acknowledged, persists what other peers
-//! gossip, and tells watchers.
+//! The registry shared by the API, HAProxy applier and gossip: answers
+//! renewals from memory, hands every other write to the committer (which
+//! makes it durable before it is published or answered), waits for another
+//! peer to confirm it when acknowledgements are replicated, persists what
+//! other peers gossip, and tells watchers.
 
+mod committer;
 pub mod replication;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
-pub use replication::{AckMode, AckPolicy, Confirmed, Published, Replication};
+pub use committer::LEASE_FLUSH;
+pub use replication::{AckMode, AckPolicy, Confirmed, Gossiped, Published, Replication};
 
 use crate::clock::Clock;
 use crate::events::Events;
 use crate::registry::{Change, Command, Entry, Key, Origin, Registry, RegistryError, RegistryView};
 use crate::store::{Pending, Record, Store, StoreError};
+use committer::Write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -44,7 +49,8 @@ pub struct Accepted {
     pub change: Change,
     /// With replicated acknowledgements: whether another peer confirmed it
     /// holds the change durably. `None` when nothing was waited for (local
-    /// acknowledgements, or a command that wrote nothing).
+    /// acknowledgements, a renewal answered from memory, or a command that
+    /// wrote nothing).
     pub replicated: Option<bool>,
 }
 
@@ -68,12 +74,22 @@ pub struct SharedRegistry {
     /// (not on plain renewals, which would wake the applier for nothing).
     config_changes: watch::Sender<u64>,
     events: Events,
+    /// Writes for the committer, and its end of the queue until it starts.
+    writes: mpsc::UnboundedSender<Write>,
+    queued: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
+    /// Entries held from other peers did not reach the disk: the next
+    /// compaction must rewrite everything.
+    compaction_wanted: AtomicBool,
+    /// Compactions queued so far, and the number of the last one that
+    /// succeeded (they complete in the order they were queued).
+    compactions_queued: AtomicU64,
+    compacted: watch::Sender<u64>,
 }
 
 impl SharedRegistry {
     /// Builds the shared registry from `registry` and what `store` recovered:
     /// own entries become this incarnation's, entries held from other peers
-    /// keep their origin.
+    /// keep their origin. Writes wait for [`SharedRegistry::run`].
     pub fn new(
         mut registry: Registry,
         store: Store,
@@ -109,6 +125,7 @@ impl SharedRegistry {
         }
         let (config_changes, _) = watch::channel(registry.config_generation());
         let events = Events::new(crate::events::DEFAULT_CAPACITY, clock.clone());
+        let (writes, queued) = mpsc::unbounded_channel();
         Self {
             outbox: Mutex::new(OutboxState { tx: None, seq: 0 }),
             inner: Mutex::new(registry),
@@ -118,6 +135,11 @@ impl SharedRegistry {
             replication: OnceLock::new(),
             config_changes,
             events,
+            writes,
+            queued: Mutex::new(Some(queued)),
+            compaction_wanted: AtomicBool::new(false),
+            compactions_queued: AtomicU64::new(0),
+            compacted: watch::channel(0).0,
         }
     }
 
@@ -140,7 +162,8 @@ impl SharedRegistry {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an own event for gossip; returns its sequence number.
+    /// Queues an own event for gossip; returns its sequence number. Called
+    /// with the registry locked, so events keep the registry's order.
     fn emit(&self, event: OwnEvent) -> u64 {
         let mut out = self.outbox_state();
         out.seq += 1;
@@ -168,51 +191,45 @@ impl SharedRegistry {
         self.ack
     }
 
-    /// Applies a command and returns once it is on disk and, with replicated
-    /// acknowledgements, confirmed by another live peer (or the bound passed).
+    /// Applies a command. A renewal that only moves an own lease end forward
+    /// is answered from memory; anything else returns once it is on disk and,
+    /// with replicated acknowledgements, confirmed by another live peer (or
+    /// the bound passed).
     pub async fn submit(&self, cmd: Command) -> Result<Accepted, SubmitError> {
-        let replicated = self.ack.mode == AckMode::Replicated;
-        let (change, pending, seq) = {
-            let mut reg = self.lock();
-            let change = reg.apply(cmd, self.clock.now_ms())?;
-            if !change.written {
-                return Ok(Accepted {
-                    change,
-                    replicated: None,
-                });
-            }
-            let pending = self
-                .store
-                .append(vec![Record::own(change.key, change.entry.clone())]);
-            let seq = self.emit(OwnEvent::Set(
-                change.key,
-                change.entry.clone(),
-                change.affects_config || replicated,
-            ));
-            for key in &change.forgotten {
-                self.emit(OwnEvent::Remove(*key));
-            }
-            (change, pending, seq)
-        };
-        if change.affects_config {
-            self.config_changes.send_if_modified(|g| {
-                let newer = change.config_generation > *g;
-                if newer {
-                    *g = change.config_generation;
-                }
-                newer
+        if let Some(change) = self.renew_from_memory(&cmd) {
+            return Ok(Accepted {
+                change,
+                replicated: None,
             });
         }
-        pending.durable().await?;
-        let replicated = if replicated {
-            Some(match self.replication.get() {
+        let stopped = || StoreError::Failed("lbmesh is shutting down".into());
+        let (done, answer) = oneshot::channel();
+        self.writes
+            .send(Write { cmd, done })
+            .map_err(|_| stopped())?;
+        let (change, seq) = answer.await.map_err(|_| stopped())??;
+        let replicated = match self.ack.mode {
+            AckMode::Replicated if change.written => Some(match self.replication.get() {
                 Some(r) => r.wait(seq, self.ack.timeout).await,
                 None => false,
-            })
-        } else {
-            None
+            }),
+            _ => None,
         };
         Ok(Accepted { change, replicated })
+    }
+
+    fn renew_from_memory(&self, cmd: &Command) -> Option<Change> {
+        // While writes fail, renewals go to the disk too, and are refused
+        // with it: an answer from memory would promise what cannot be kept.
+        if self.store.is_failed() {
+            return None;
+        }
+        let mut reg = self.lock();
+        let change = reg.renew(cmd, self.clock.now_ms())?;
+        if change.written {
+            self.emit(OwnEvent::Set(change.key, change.entry.clone(), false));
+        }
+        Some(change)
     }
 
     /// Merges entries gossiped by other peers and persists those that
@@ -273,10 +290,25 @@ impl SharedRegistry {
         &self.store
     }
 
-    /// Forgets expired leases and rewrites the store with what still matters:
-    /// own entries and those held from other peers.
+    /// Asks for a compaction because entries held from other peers did not
+    /// reach the disk; returns the compaction number that, once it has
+    /// succeeded, holds them (see [`SharedRegistry::compacted`]).
+    pub fn want_compaction(&self) -> u64 {
+        self.compaction_wanted.store(true, Ordering::Relaxed);
+        self.compactions_queued.load(Ordering::Relaxed) + 1
+    }
+
+    /// The number of the last compaction that succeeded.
+    pub fn compacted(&self) -> watch::Receiver<u64> {
+        self.compacted.subscribe()
+    }
+
+    /// Forgets expired leases and rewrites the store with what still
+    /// matters: own entries as acknowledged and those held from other peers.
+    /// Run by the committer between batches (or once it stopped), so no own
+    /// write is half-way.
     pub async fn compact(&self) -> Result<(), StoreError> {
-        let pending = {
+        let (pending, number) = {
             let mut reg = self.lock();
             let own = reg.origin().clone();
             for (key, origin) in reg.collect_garbage(self.clock.now_ms()) {
@@ -286,16 +318,27 @@ impl SharedRegistry {
             }
             let records = reg
                 .entries()
-                .map(|(k, o, e)| {
+                .filter_map(|(k, o, e)| {
                     if *o == own {
-                        Record::own(*k, e.clone())
+                        Some(Record::own(*k, reg.own_acknowledged(k)?))
                     } else {
-                        Record::held(*k, o.clone(), Some(e.clone()))
+                        Some(Record::held(*k, o.clone(), Some(e.clone())))
                     }
                 })
                 .collect();
-            self.store.compact(records)
+            self.compaction_wanted.store(false, Ordering::Relaxed);
+            let number = self.compactions_queued.fetch_add(1, Ordering::Relaxed) + 1;
+            (self.store.compact(records), number)
         };
-        pending.durable().await
+        match pending.durable().await {
+            Ok(()) => {
+                self.compacted.send_replace(number);
+                Ok(())
+            }
+            Err(e) => {
+                self.compaction_wanted.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 }

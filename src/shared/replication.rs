@@ -2,11 +2,15 @@
 //! a live peer reports (by gossip) that it has stored this peer's key space
 //! durably up to the write's version. The mesh feeds the two watches.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::registry::Origin;
 
 /// When a write is acknowledged (`registry.ack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -57,11 +61,21 @@ pub struct Confirmed {
     pub version: u64,
 }
 
+/// Which incarnations' key spaces the mesh gossips.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gossiped {
+    pub origins: Arc<BTreeSet<Origin>>,
+    /// This peer has been in touch with a live peer long enough to have
+    /// received every key space the mesh still holds.
+    pub settled: bool,
+}
+
 /// The mesh's side of replicated acknowledgements.
 #[derive(Debug, Clone)]
 pub struct Replication {
     pub published: watch::Receiver<Published>,
     pub confirmed: watch::Receiver<Confirmed>,
+    pub gossiped: watch::Receiver<Gossiped>,
 }
 
 impl Replication {
@@ -105,6 +119,7 @@ mod tests {
         let rep = Replication {
             published,
             confirmed,
+            gossiped: watch::channel(Gossiped::default()).1,
         };
         let waiter = tokio::spawn({
             let rep = rep.clone();
@@ -136,6 +151,7 @@ mod tests {
         let rep = Replication {
             published,
             confirmed,
+            gossiped: watch::channel(Gossiped::default()).1,
         };
         let start = Instant::now();
         assert!(!rep.wait(1, Duration::from_secs(1)).await);

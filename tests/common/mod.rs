@@ -99,6 +99,8 @@ pub struct DaemonOpts {
     pub mesh: String,
     /// Extra environment of the process; `LBMESH_LOG` here replaces the default.
     pub env: Vec<(String, String)>,
+    /// The data directory (a fresh one in the test's temp dir if None).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for DaemonOpts {
@@ -114,6 +116,7 @@ impl Default for DaemonOpts {
             token_file: None,
             mesh: String::new(),
             env: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -161,7 +164,10 @@ impl Daemon {
     /// caught up with them.
     pub fn launch(opts: DaemonOpts) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let api: SocketAddr = format!("{}:{}", opts.ip, free_port(&opts.ip))
             .parse()
             .unwrap();
