@@ -76,24 +76,11 @@ impl ApiTarget {
             ip => ip,
         };
         let addr = SocketAddr::new(ip, listen.port());
-        let (scheme, host, ca) = match &s.api.tls {
-            None => ("http", None, None),
-            Some(ApiTls::SelfSigned { dir, .. }) => {
-                // Made for localhost and the API address: pin it.
-                ("https", Some("localhost".to_string()), Some(dir.join("api.crt")))
-            }
-            Some(ApiTls::Files { cert, .. }) => {
-                // certbot's (a public CA: the system roots) or the cluster
-                // CA's (`lbmesh ca issue --name`: pin that CA when it signed it).
-                let name = certificate_name(cert, ip)?;
-                let ca = match &s.gossip.tls {
-                    GossipTls::Quic { files, .. } if signed_by(cert, &files.ca_cert) => {
-                        Some(files.ca_cert.clone())
-                    }
-                    _ => None,
-                };
-                ("https", name, ca)
-            }
+        let (scheme, host) = match &s.api.tls {
+            None => ("http", None),
+            // Made for localhost and the API address.
+            Some(ApiTls::SelfSigned { .. }) => ("https", Some("localhost".to_string())),
+            Some(ApiTls::Files { cert, .. }) => ("https", certificate_name(cert, ip)?),
         };
         let host = host.unwrap_or_else(|| match ip {
             IpAddr::V6(v6) => format!("[{v6}]"),
@@ -101,16 +88,20 @@ impl ApiTarget {
         });
         let url = Url::parse(&format!("{scheme}://{host}:{}/", listen.port()))
             .map_err(|e| ClientError::Target(format!("api-listen {listen}: {e}")))?;
-        let connect = url.host_str().is_some_and(|h| h.parse::<IpAddr>().is_err()).then_some(addr);
+        let connect = url
+            .host_str()
+            .is_some_and(|h| h.parse::<IpAddr>().is_err())
+            .then_some(addr);
         Ok(ApiTarget {
             url,
             connect,
             token_file: Some(s.token_file.clone()),
-            ca,
+            ca: trusted_ca(s),
         })
     }
 
-    /// `--api URL` as given.
+    /// `--api URL` as given, with nothing to trust but the system roots
+    /// and no token yet.
     pub fn url(api: &str) -> Result<ApiTarget, ClientError> {
         let url = Url::parse(api)
             .ok()
@@ -131,6 +122,23 @@ impl ApiTarget {
     /// The base URL as a user would type it.
     pub fn base(&self) -> String {
         self.url.as_str().trim_end_matches('/').to_owned()
+    }
+}
+
+/// What a client of the daemon these settings describe pins: the
+/// self-signed `api.crt`, or the cluster CA when it signed `api.tls-cert`
+/// (`lbmesh ca issue --name`); None for plain HTTP and for certificates from
+/// elsewhere (certbot's: the system roots).
+pub fn trusted_ca(s: &Settings) -> Option<PathBuf> {
+    match &s.api.tls {
+        None => None,
+        Some(ApiTls::SelfSigned { dir, .. }) => Some(dir.join("api.crt")),
+        Some(ApiTls::Files { cert, .. }) => match &s.gossip.tls {
+            GossipTls::Quic { files, .. } if signed_by(cert, &files.ca_cert) => {
+                Some(files.ca_cert.clone())
+            }
+            _ => None,
+        },
     }
 }
 
@@ -230,7 +238,11 @@ pub struct ApiClient {
 impl ApiClient {
     /// `with_token`: load the token file now (commands that need it fail
     /// early with a clear message when it is missing).
-    pub fn new(target: ApiTarget, timeout: Duration, with_token: bool) -> Result<Self, ClientError> {
+    pub fn new(
+        target: ApiTarget,
+        timeout: Duration,
+        with_token: bool,
+    ) -> Result<Self, ClientError> {
         let mut b = http(target.ca.as_deref(), timeout)?;
         if let (Some(addr), Some(host)) = (target.connect, target.url.host_str()) {
             b = b.resolve(host, addr);
@@ -258,14 +270,23 @@ impl ApiClient {
         &self.target
     }
 
+    /// The URL of `path`, which may carry a query (`/v1/drain?timeout=30`).
     fn url(&self, path: &str) -> Url {
         let mut u = self.target.url.clone();
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
         u.set_path(path);
+        u.set_query(query);
         u
     }
 
     /// GET `path`; the status and the JSON body (Null when not JSON).
-    pub async fn get_raw(&self, path: &str) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    pub async fn get_raw(
+        &self,
+        path: &str,
+    ) -> Result<(StatusCode, serde_json::Value), ClientError> {
         let url = self.url(path);
         let mut req = self.http.get(url.clone());
         if let Some(t) = &self.token {
@@ -284,6 +305,16 @@ impl ApiClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = self.url(path);
         let mut req = self.http.get(url.clone());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        self.finish(url, req).await
+    }
+
+    /// POST to `path` with no body.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let mut req = self.http.post(url.clone());
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }
@@ -377,7 +408,10 @@ mod tests {
     fn the_local_target_follows_the_daemons_config() {
         let t = ApiTarget::local(&settings("")).unwrap();
         assert_eq!(t.base(), "http://127.0.0.1:9000");
-        assert_eq!(t.token_file.as_deref(), Some(Path::new("/srv/lbmesh-data/token")));
+        assert_eq!(
+            t.token_file.as_deref(),
+            Some(Path::new("/srv/lbmesh-data/token"))
+        );
         assert_eq!(t.ca, None);
 
         let t = ApiTarget::local(&settings(
@@ -386,8 +420,14 @@ mod tests {
         .unwrap();
         assert_eq!(t.base(), "https://localhost:9443");
         assert_eq!(t.connect, Some("127.0.0.1:9443".parse().unwrap()));
-        assert_eq!(t.ca.as_deref(), Some(Path::new("/var/lib/lbmesh/tls/api.crt")));
-        assert_eq!(t.token_file.as_deref(), Some(Path::new("/etc/lbmesh/token")));
+        assert_eq!(
+            t.ca.as_deref(),
+            Some(Path::new("/var/lib/lbmesh/tls/api.crt"))
+        );
+        assert_eq!(
+            t.token_file.as_deref(),
+            Some(Path::new("/etc/lbmesh/token"))
+        );
 
         let t = ApiTarget::local(&settings("api-listen = \"[::]:9000\"")).unwrap();
         assert_eq!(t.base(), "http://[::1]:9000");

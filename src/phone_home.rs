@@ -214,16 +214,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(cfg: PhoneHome) -> anyhow::Result<Client> {
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
-            .use_rustls_tls();
-        if let Some(ca) = &cfg.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("WEBHOOK_CA {}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .with_context(|| format!("WEBHOOK_CA {}: not a PEM certificate", ca.display()))?;
-            b = b.tls_built_in_root_certs(false).add_root_certificate(cert);
-        }
+        let b = crate::client::http(cfg.ca.as_deref(), cfg.timeout)
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_CA: {e}"))?;
         Ok(Client {
             cfg,
             http: b.build().context("HTTP client")?,

@@ -7,16 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::secret::Token;
+use super::{ApiArgs, absolute};
 use crate::status::NodeStatus;
 
 #[derive(Debug, Subcommand)]
 pub enum KeepalivedCmd {
     /// keepalived's vrrp_script: exit 0 when this VM can serve, 1 (with the reason) when not.
     Check {
-        /// The local lbmesh API.
-        #[arg(long, env = "LBMESH_API", default_value = "http://127.0.0.1:9000")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
         /// Seconds to wait for an answer.
         #[arg(long, default_value_t = 2)]
         timeout: u64,
@@ -27,10 +26,8 @@ pub enum KeepalivedCmd {
     },
     /// keepalived's notify script: tells lbmesh this peer's VRRP state.
     Notify {
-        #[arg(long, env = "LBMESH_API", default_value = "http://127.0.0.1:9000")]
-        api: String,
-        #[arg(long, env = "LBMESH_TOKEN_FILE", default_value = "lbmesh-data/token")]
-        token_file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         /// INSTANCE or GROUP, as keepalived passes it.
         kind: String,
         /// The vrrp_instance name.
@@ -65,7 +62,7 @@ pub struct KeepalivedConfigArgs {
     #[arg(long, default_value_t = 6)]
     pub down_timer_adverts: u8,
     /// The track file the daemon writes (keepalived.track-file in lbmesh's
-    /// config) [default: asked from the daemon, with --token-file].
+    /// config) [default: the config's, else asked from the daemon].
     #[arg(long, env = "LBMESH_TRACK_FILE")]
     pub track_file: Option<PathBuf>,
     /// Use unicast VRRP (clouds without multicast): this peer's address.
@@ -76,12 +73,12 @@ pub struct KeepalivedConfigArgs {
     pub peers: Vec<IpAddr>,
     #[arg(long, default_value = "VI_LBMESH")]
     pub instance: String,
-    /// The local lbmesh API, for the check and notify commands.
-    #[arg(long, env = "LBMESH_API", default_value = "http://127.0.0.1:9000")]
-    pub api: String,
-    #[arg(long, env = "LBMESH_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Report through this FIFO (keepalived.notify-fifo in lbmesh's config) instead of a notify command.
+    /// How the check and notify commands reach the local daemon; written
+    /// into the file with absolute paths.
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Report through this FIFO instead of a notify command [default:
+    /// keepalived.notify-fifo in the config, if set].
     #[arg(long)]
     pub notify_fifo: Option<PathBuf>,
     /// The lbmesh binary keepalived runs [default: this one].
@@ -91,22 +88,28 @@ pub struct KeepalivedConfigArgs {
 
 /// `lbmesh keepalived …`; returns the process exit code.
 pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::ExitCode> {
-    use crate::keepalived::{KeepalivedParams, Notification, check, render};
+    use crate::keepalived::{Notification, check};
     match cmd {
         KeepalivedCmd::Check {
             api,
             timeout,
             alive,
-        } => match check(&api, Duration::from_secs(timeout.clamp(1, 60)), alive).await {
-            Ok(()) => Ok(std::process::ExitCode::SUCCESS),
-            Err(why) => {
-                println!("{why}");
-                Ok(std::process::ExitCode::FAILURE)
+        } => {
+            let timeout = Duration::from_secs(timeout.clamp(1, 60));
+            let answer = match api.client(timeout, false) {
+                Ok(client) => check(&client, alive).await,
+                Err(e) => Err(format!("{e:#}")),
+            };
+            match answer {
+                Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+                Err(why) => {
+                    println!("{why}");
+                    Ok(std::process::ExitCode::FAILURE)
+                }
             }
-        },
+        }
         KeepalivedCmd::Notify {
             api,
-            token_file,
             kind,
             name,
             state,
@@ -114,100 +117,95 @@ pub async fn keepalived(cmd: KeepalivedCmd) -> anyhow::Result<std::process::Exit
         } => {
             let n = Notification::new(&kind, &name, &state, priority.as_deref())
                 .map_err(anyhow::Error::msg)?;
-            let token = Token::load(&token_file)?;
-            let url = format!("{}/v1/vrrp", api.trim_end_matches('/'));
-            let resp = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .use_rustls_tls()
-                .danger_accept_invalid_certs(true)
-                .build()?
-                .post(&url)
-                .bearer_auth(token.expose())
-                .json(&n)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            if !resp.status().is_success() {
-                let code = resp.status();
-                anyhow::bail!(
-                    "{url} answered {code}: {}",
-                    resp.text().await.unwrap_or_default()
-                );
-            }
+            let client = api.client(Duration::from_secs(5), true)?;
+            let _: serde_json::Value = client.post("/v1/vrrp", &n).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         KeepalivedCmd::Config(a) => {
-            let advert = Duration::try_from_secs_f64(a.advert_int)
-                .map_err(|_| anyhow::anyhow!("--advert-int must be a positive number"))?;
-            let mut params = KeepalivedParams {
-                instance: a.instance,
-                interface: a.interface,
-                vip: a.vip,
-                virtual_router_id: a.router_id,
-                priority: a.priority,
-                advert_int: advert,
-                down_timer_adverts: a.down_timer_adverts,
-                track_file: a.track_file.clone().unwrap_or_default(),
-                unicast_src: a.unicast_src,
-                unicast_peers: a.peers.clone(),
-                lbmesh: match a.lbmesh {
-                    Some(p) => p,
-                    None => std::env::current_exe().context("where this lbmesh binary is")?,
-                },
-                api: a.api,
-                token_file: a.token_file,
-                notify_fifo: a.notify_fifo,
-            };
-            params.validate_fields().map_err(anyhow::Error::msg)?;
-            let need_peers = params.unicast_src.is_some() && params.unicast_peers.is_empty();
-            if need_peers || a.track_file.is_none() {
-                let status = daemon_status(&params.api, params.token_file.as_deref()).await?;
-                if need_peers {
-                    params.unicast_peers = mesh_peer_ips(&params.api, Some(&status))?;
-                }
-                if a.track_file.is_none() {
-                    params.track_file = status
-                        .vrrp
-                        .failover
-                        .as_ref()
-                        .map(|f| PathBuf::from(&f.track_file))
-                        .context("the daemon reports no track file; give --track-file")?;
-                }
-            }
-            params.validate().map_err(anyhow::Error::msg)?;
-            print!("{}", render(&params));
+            print!("{}", config(a).await?);
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }
 
-/// The local daemon's status, for what `keepalived config` learns from it.
-async fn daemon_status(
-    api: &str,
-    token_file: Option<&std::path::Path>,
-) -> anyhow::Result<NodeStatus> {
-    let token_file = token_file.context(
-        "--token-file is needed to ask the daemon for the mesh's peers and its track file \
-         (or give --peer and --track-file)",
-    )?;
-    let token = Token::load(token_file)?;
-    let url = format!("{}/v1/status", api.trim_end_matches('/'));
-    Ok(super::http_client(Duration::from_secs(10))?
-        .get(&url)
-        .bearer_auth(token.expose())
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}; give --peer and --track-file instead"))?
-        .error_for_status()?
-        .json()
-        .await?)
+/// keepalived.conf for this peer: what the flags say, the rest from the
+/// daemon's config or, failing that, from the running daemon.
+async fn config(a: KeepalivedConfigArgs) -> anyhow::Result<String> {
+    use crate::keepalived::{KeepalivedParams, render};
+    let advert = Duration::try_from_secs_f64(a.advert_int)
+        .map_err(|_| anyhow::anyhow!("--advert-int must be a positive number"))?;
+    let has_config = a.api.config_file()?.is_some();
+    let settings = a.api.settings()?;
+    let notify_fifo = match &a.notify_fifo {
+        Some(f) => Some(absolute(f)?),
+        None => settings.keepalived.notify_fifo.clone(),
+    };
+    let mut params = KeepalivedParams {
+        instance: a.instance,
+        interface: a.interface,
+        vip: a.vip,
+        virtual_router_id: a.router_id,
+        priority: a.priority,
+        advert_int: advert,
+        down_timer_adverts: a.down_timer_adverts,
+        track_file: match (&a.track_file, has_config) {
+            (Some(t), _) => absolute(t)?,
+            (None, true) => settings.keepalived.track_file.clone(),
+            (None, false) => PathBuf::new(),
+        },
+        unicast_src: a.unicast_src,
+        unicast_peers: a.peers.clone(),
+        lbmesh: match &a.lbmesh {
+            Some(p) => absolute(p)?,
+            None => std::env::current_exe().context("where this lbmesh binary is")?,
+        },
+        target: a.api.as_args()?,
+        notify_fifo,
+    };
+    params.validate_fields().map_err(anyhow::Error::msg)?;
+    // The notify command must be able to authenticate: keepalived runs it
+    // as root from /, with none of this shell's variables.
+    if params.notify_fifo.is_none() {
+        let token = a.api.target()?.token_file.context(
+            "the notify command needs the API token: give --config or --token-file, or use --notify-fifo",
+        )?;
+        crate::secret::Token::load(&token).with_context(|| {
+            format!(
+                "the notify command could not authenticate with {}; give the right --config or \
+                 --token-file, or use --notify-fifo",
+                token.display()
+            )
+        })?;
+    }
+    let need_peers = params.unicast_src.is_some() && params.unicast_peers.is_empty();
+    let need_track = a.track_file.is_none() && !has_config;
+    if need_peers || need_track {
+        let client = a.api.client(Duration::from_secs(10), true).context(
+            "asking the daemon for the mesh's peers and its track file (or give --peer and --track-file)",
+        )?;
+        let status: NodeStatus = client.get("/v1/status").await.context(
+            "asking the daemon for the mesh's peers and its track file (or give --peer and --track-file)",
+        )?;
+        if need_peers {
+            params.unicast_peers = mesh_peer_ips(&client.target().base(), &status)?;
+        }
+        if need_track {
+            params.track_file = status
+                .vrrp
+                .failover
+                .as_ref()
+                .map(|f| PathBuf::from(&f.track_file))
+                .context("the daemon reports no track file; give --track-file")?;
+        }
+    }
+    params.validate().map_err(anyhow::Error::msg)?;
+    Ok(render(&params))
 }
 
 /// The gossip addresses of the mesh's peers, as unicast VRRP peers.
-fn mesh_peer_ips(api: &str, status: Option<&NodeStatus>) -> anyhow::Result<Vec<IpAddr>> {
+fn mesh_peer_ips(api: &str, status: &NodeStatus) -> anyhow::Result<Vec<IpAddr>> {
     let ips: Vec<IpAddr> = status
-        .map(|s| s.peers.as_slice())
-        .unwrap_or_default()
+        .peers
         .iter()
         .filter_map(|p| p.gossip_addr.parse::<SocketAddr>().ok())
         .map(|a| a.ip())

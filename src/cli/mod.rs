@@ -8,6 +8,7 @@ mod keepalived;
 mod phone_home;
 mod serve;
 mod status;
+mod target;
 
 pub use ca::{CaCmd, CaInitArgs, CaIssueArgs, ca};
 pub use drain::{DrainArgs, UndrainArgs, drain, undrain};
@@ -16,11 +17,10 @@ pub use keepalived::{KeepalivedCmd, KeepalivedConfigArgs, keepalived};
 pub use phone_home::phone_home;
 pub use serve::{ServeArgs, serve};
 pub use status::{StatusArgs, status};
+pub use target::{ApiArgs, absolute};
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -85,13 +85,4 @@ pub async fn termination() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// An HTTP client for lbmesh's own API.
-pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .use_rustls_tls()
-        .build()
-        .context("build HTTP client")
 }

@@ -27,8 +27,10 @@ pub struct KeepalivedParams {
     pub unicast_src: Option<IpAddr>,
     pub unicast_peers: Vec<IpAddr>,
     pub lbmesh: PathBuf,
-    pub api: String,
-    pub token_file: Option<PathBuf>,
+    /// The arguments that lead the check and notify commands to the local
+    /// daemon, e.g. `--config /etc/lbmesh/lbmesh.toml`: flags, absolute
+    /// paths and URLs (keepalived runs them from `/`).
+    pub target: Vec<String>,
     /// Use a notify FIFO the daemon reads instead of a notify script.
     pub notify_fifo: Option<PathBuf>,
 }
@@ -83,11 +85,7 @@ impl KeepalivedParams {
         if !(1..=100).contains(&self.down_timer_adverts) {
             return Err("--down-timer-adverts must be 1 to 100".into());
         }
-        for p in [
-            &self.lbmesh,
-            self.token_file.as_ref().unwrap_or(&self.lbmesh),
-            &self.track_file,
-        ] {
+        for p in [&self.lbmesh, &self.track_file] {
             let s = p.to_string_lossy();
             if s.chars()
                 .any(|c| c.is_whitespace() || c == '"' || c.is_control())
@@ -95,12 +93,21 @@ impl KeepalivedParams {
                 return Err(format!("path {s:?} must not contain spaces or quotes"));
             }
         }
-        if self
-            .api
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c.is_control())
-        {
-            return Err("--api must not contain spaces or quotes".into());
+        // keepalived splits the script line on spaces.
+        for w in &self.target {
+            if w.is_empty()
+                || w.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
+            {
+                return Err(format!(
+                    "--config, --api, --token-file and --ca must not contain spaces or quotes (got {w:?})"
+                ));
+            }
+            if !(w.starts_with("--") || w.starts_with('/') || w.contains("://")) {
+                return Err(format!(
+                    "{w:?} must be an absolute path (keepalived runs the commands from /)"
+                ));
+            }
         }
         Ok(())
     }
@@ -114,11 +121,7 @@ fn seconds(d: Duration) -> String {
 /// keepalived.conf for one peer. Deterministic; every value validated.
 pub fn render(p: &KeepalivedParams) -> String {
     let lbmesh = p.lbmesh.display();
-    let token = p
-        .token_file
-        .as_ref()
-        .map(|t| format!(" --token-file {}", t.display()))
-        .unwrap_or_default();
+    let target = p.target.join(" ");
     let fifo = p
         .notify_fifo
         .as_ref()
@@ -155,7 +158,7 @@ pub fn render(p: &KeepalivedParams) -> String {
          \n\
          # A backstop for a daemon that died or hangs and so cannot write the file.\n\
          vrrp_script lbmesh_alive {{\n\
-         \x20   script \"{lbmesh} keepalived check --alive --api {api}\"\n\
+         \x20   script \"{lbmesh} keepalived check --alive {target}\"\n\
          \x20   interval 1\n\
          \x20   timeout 2\n\
          \x20   fall 3\n\
@@ -173,7 +176,6 @@ pub fn render(p: &KeepalivedParams) -> String {
          \x20   advert_int {advert}\n\
          \x20   # The master is declared dead after this many missed adverts.\n\
          \x20   down_timer_adverts {down}\n",
-        api = p.api,
         track = p.track_file.display(),
         instance = p.instance,
         iface = p.interface,
@@ -210,11 +212,7 @@ pub fn render(p: &KeepalivedParams) -> String {
         iface = p.interface
     );
     if p.notify_fifo.is_none() {
-        let _ = writeln!(
-            o,
-            "    notify \"{lbmesh} keepalived notify --api {}{token}\"",
-            p.api
-        );
+        let _ = writeln!(o, "    notify \"{lbmesh} keepalived notify {target}\"");
     }
     o.push_str("}\n");
     o
@@ -242,8 +240,7 @@ mod tests {
                 "198.18.0.11".parse().unwrap(),
             ],
             lbmesh: "/usr/local/bin/lbmesh".into(),
-            api: "http://127.0.0.1:9000".into(),
-            token_file: Some("/etc/lbmesh/token".into()),
+            target: vec!["--config".into(), "/etc/lbmesh/lbmesh.toml".into()],
             notify_fifo: None,
         }
     }
@@ -262,16 +259,33 @@ mod tests {
         );
     }
 
+    fn multicast() -> KeepalivedParams {
+        let mut m = params();
+        m.unicast_src = None;
+        m.unicast_peers.clear();
+        m.notify_fifo = Some("/run/lbmesh/vrrp.fifo".into());
+        m
+    }
+
     #[test]
     fn renders_unicast_and_multicast() {
         let p = params();
         p.validate().unwrap();
         golden("keepalived_unicast", &render(&p));
-        let mut m = params();
-        m.unicast_src = None;
-        m.unicast_peers.clear();
-        m.notify_fifo = Some("/run/lbmesh/vrrp.fifo".into());
-        golden("keepalived_multicast", &render(&m));
+        golden("keepalived_multicast", &render(&multicast()));
+    }
+
+    #[test]
+    fn the_examples_in_deploy_are_what_the_generator_makes() {
+        for (name, p) in [("unicast", params()), ("multicast", multicast())] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("deploy/keepalived/keepalived-{name}.conf"));
+            let example = std::fs::read_to_string(&path).unwrap();
+            let made = render(&p);
+            // Each example has a header of its own, then the generated text.
+            let from = |t: &str| t.find("# The VIP follows").map(|i| t[i..].to_owned());
+            assert_eq!(from(&example), from(&made), "{}", path.display());
+        }
     }
 
     #[test]
@@ -287,7 +301,14 @@ mod tests {
             (Box::new(|p| p.interface = "eth0; rm".into()), "--interface"),
             (Box::new(|p| p.priority = 255), "--priority"),
             (Box::new(|p| p.virtual_router_id = 0), "--router-id"),
-            (Box::new(|p| p.api = "http://x\" y".into()), "--api"),
+            (
+                Box::new(|p| p.target = vec!["--api".into(), "http://x\"y".into()]),
+                "--api",
+            ),
+            (
+                Box::new(|p| p.target = vec!["--token-file".into(), "lbmesh-data/token".into()]),
+                "absolute",
+            ),
             (
                 Box::new(|p| p.advert_int = Duration::from_secs(60)),
                 "--advert-int",
