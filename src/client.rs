@@ -76,22 +76,22 @@ impl ApiTarget {
             ip => ip,
         };
         let addr = SocketAddr::new(ip, listen.port());
-        let (scheme, host) = match &s.api.tls {
+        let (scheme, name) = match &s.api.tls {
             None => ("http", None),
             // Made for localhost and the API address.
-            Some(ApiTls::SelfSigned { .. }) => ("https", Some("localhost".to_string())),
-            Some(ApiTls::Files { cert, .. }) => ("https", certificate_name(cert, ip)?),
+            Some(ApiTls::SelfSigned { .. }) => ("https", Some(Name::Dns("localhost".into()))),
+            Some(ApiTls::Files { cert, .. }) => (
+                "https",
+                certificate_name(cert, ip, listen.ip().is_unspecified())?,
+            ),
         };
-        let host = host.unwrap_or_else(|| match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        });
+        let (host, connect) = match name {
+            None => (url_host(ip), None),
+            Some(Name::Ip(other)) => (url_host(other), None),
+            Some(Name::Dns(d)) => (d, Some(addr)),
+        };
         let url = Url::parse(&format!("{scheme}://{host}:{}/", listen.port()))
             .map_err(|e| ClientError::Target(format!("api-listen {listen}: {e}")))?;
-        let connect = url
-            .host_str()
-            .is_some_and(|h| h.parse::<IpAddr>().is_err())
-            .then_some(addr);
         Ok(ApiTarget {
             url,
             connect,
@@ -142,36 +142,54 @@ pub fn trusted_ca(s: &Settings) -> Option<PathBuf> {
     }
 }
 
-/// The name to check the served certificate against when connecting to
-/// `ip`: the IP itself when the certificate carries it, else its first DNS name.
-fn certificate_name(cert: &Path, ip: IpAddr) -> Result<Option<String>, ClientError> {
+/// A name a certificate is valid for.
+enum Name {
+    Ip(IpAddr),
+    Dns(String),
+}
+
+fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// How to reach the local daemon at `ip` so that its certificate verifies:
+/// `ip` itself when the certificate carries it; for a daemon that listens
+/// on every address (`wildcard`), an address of this host the certificate
+/// carries (`lbmesh ca issue --name 198.18.0.11`); else its first DNS name,
+/// connecting to `ip`. None: `ip`, and verification will say what is wrong.
+fn certificate_name(cert: &Path, ip: IpAddr, wildcard: bool) -> Result<Option<Name>, ClientError> {
     use rustls_pki_types::pem::PemObject;
+    use x509_parser::extensions::GeneralName;
     let der = rustls_pki_types::CertificateDer::from_pem_file(cert)
         .map_err(|e| ClientError::Target(format!("api.tls-cert {}: {e}", cert.display())))?;
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| ClientError::Target(format!("api.tls-cert {}: {e}", cert.display())))?;
-    let mut first_dns = None;
+    let (mut ips, mut dns) = (Vec::new(), Vec::new());
     if let Ok(Some(san)) = x509.subject_alternative_name() {
         for n in &san.value.general_names {
             match n {
-                x509_parser::extensions::GeneralName::IPAddress(b) => {
-                    let found = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
-                        _ => None,
-                    };
-                    if found == Some(ip) {
-                        return Ok(None);
-                    }
-                }
-                x509_parser::extensions::GeneralName::DNSName(d) if first_dns.is_none() => {
-                    first_dns = Some(d.to_string());
-                }
+                GeneralName::IPAddress(b) => ips.extend(match b.len() {
+                    4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                    _ => None,
+                }),
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
                 _ => {}
             }
         }
     }
-    Ok(first_dns)
+    if ips.contains(&ip) {
+        return Ok(Some(Name::Ip(ip)));
+    }
+    // Only this host's own addresses can be bound.
+    let local = |a: &IpAddr| std::net::UdpSocket::bind(SocketAddr::new(*a, 0)).is_ok();
+    if let Some(a) = ips.iter().find(|a| wildcard && local(a)) {
+        return Ok(Some(Name::Ip(*a)));
+    }
+    Ok(dns.into_iter().next().map(Name::Dns))
 }
 
 /// Whether `ca_file` (PEM) issued `cert` (PEM).
@@ -431,6 +449,38 @@ mod tests {
 
         let t = ApiTarget::local(&settings("api-listen = \"[::]:9000\"")).unwrap();
         assert_eq!(t.base(), "http://[::1]:9000");
+    }
+
+    #[test]
+    fn a_certificates_own_name_is_used_to_reach_the_local_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::Ca::generate("test", Duration::from_secs(600)).unwrap();
+        let (cert, _) = ca
+            .issue(
+                &"lb1".parse().unwrap(),
+                &["192.0.2.1".into(), "127.0.0.2".into()],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let path = dir.path().join("lb1.crt");
+        std::fs::write(&path, cert).unwrap();
+        let name = |ip: &str, wildcard| match certificate_name(&path, ip.parse().unwrap(), wildcard)
+            .unwrap()
+        {
+            Some(Name::Ip(a)) => a.to_string(),
+            Some(Name::Dns(d)) => format!("dns:{d}"),
+            None => "none".into(),
+        };
+        // The address it listens on, when the certificate carries it.
+        assert_eq!(name("192.0.2.1", false), "192.0.2.1");
+        // Listening everywhere: an address of this host that it carries
+        // (192.0.2.1 is not one).
+        assert_eq!(name("127.0.0.1", true), "127.0.0.2");
+        // Else its DNS name, connecting to the address.
+        assert_eq!(
+            name("127.0.0.1", false),
+            format!("dns:{}", crate::tls::PEER_NAME)
+        );
     }
 
     #[test]

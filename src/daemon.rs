@@ -90,6 +90,14 @@ pub async fn run(
     // Secrets last: a start that fails before here makes none.
     created.will_create(&settings.token_file);
     let (token, generated) = Token::load_or_generate(&settings.token_file)?;
+    if token.is_short() {
+        tracing::warn!(
+            file = %settings.token_file.display(),
+            "the API token is shorter than {} characters and easy to guess; make a new one \
+             (head -c 32 /dev/urandom | xxd -p -c 64) and give it to every client",
+            crate::secret::SHORT
+        );
+    }
     let quic = match &settings.gossip.tls {
         GossipTls::None => {
             tracing::warn!(

@@ -12,6 +12,9 @@ use crate::store::{StoreError, write_atomic_mode};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
 
+/// Tokens shorter than this work, with a warning at start-up.
+pub const SHORT: usize = 16;
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(****)")
@@ -29,11 +32,13 @@ pub enum TokenError {
 }
 
 impl Token {
-    /// Accepts a token of 16 to 512 visible ASCII characters (what fits in an HTTP header).
+    /// Accepts a token of 1 to 512 visible ASCII characters (what fits in
+    /// an HTTP header). Short ones are accepted, so the original clients'
+    /// tokens keep working, but see [`Token::is_short`].
     pub fn parse(raw: &str) -> Result<Token, &'static str> {
         let t = raw.trim();
-        if t.len() < 16 {
-            return Err("the token must be at least 16 characters");
+        if t.is_empty() {
+            return Err("the token is empty");
         }
         if t.len() > 512 {
             return Err("the token must be at most 512 characters");
@@ -49,6 +54,11 @@ impl Token {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         Token(hex::encode(bytes))
+    }
+
+    /// Shorter than [`SHORT`] characters: easy to guess for anyone who reaches the API.
+    pub fn is_short(&self) -> bool {
+        self.0.len() < SHORT
     }
 
     /// Constant-time comparison with what a client presented.
@@ -126,7 +136,9 @@ mod tests {
         assert!(!t.matches("0123456789abcdef-secreT"));
         assert!(!t.matches("0123456789abcdef-secret2"));
         assert!(!t.matches(""));
-        assert!(Token::parse("short").is_err());
+        assert!(Token::parse("short").unwrap().is_short());
+        assert!(!t.is_short());
+        assert!(Token::parse(" \n").is_err());
         assert!(Token::parse("has a space in the middle").is_err());
     }
 

@@ -1,7 +1,8 @@
-//! The CLI reaches its daemon the way the daemon was set up: `lbmesh status`
-//! and `lbmesh keepalived check|notify|config` read the daemon's config for
+//! The CLI reaches its daemon the way the daemon was set up: `lbmesh status`,
+//! `drain` and `keepalived check|notify|config` read the daemon's config for
 //! the API URL and scheme, the token file and the certificate to trust;
 //! certificates are always verified; http against https is reported as that.
+//! Usage errors and tokens carried over from the original setup.
 
 mod common;
 
@@ -189,4 +190,57 @@ fn keepalived_config_writes_absolute_paths_and_needs_a_token_for_notify() {
         "{conf}"
     );
     assert!(!conf.contains("notify \""), "{conf}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_a_bad_variable_is_named_as_such() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["serve"], &[("LBMESH_API_LISTEN", "nowhere")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("LBMESH_API_LISTEN") && !err.contains("--api-listen"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["serve", "--api-listen", "nowhere"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--api-listen"), "{err}");
+    let (code, _, err) = run(&["status", "--no-such-flag"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    // Help is no error: on standard output, status 0.
+    let (code, out, _) = run(&["status", "--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("--config"), "{out}");
+}
+
+#[test]
+fn a_short_token_from_the_original_setup_works_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sekrit\n").unwrap();
+    let d = Daemon::start(DaemonOpts {
+        token_file: Some(token_file),
+        ..DaemonOpts::default()
+    });
+    let backend = Backend::start("short-token");
+    let r = d.add("traefik", free_port(&d.ip), backend.addr);
+    assert_eq!(r["result"], "registered", "{r}");
+    assert!(
+        d.log().contains("shorter than 16 characters"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("sekrit"), "the token reached the log");
+    let (ok, out) = lbmesh(&["status", "--config", &path_str(&d.config_path())]);
+    assert!(ok, "{out}");
 }

@@ -9,6 +9,7 @@ mod phone_home;
 mod serve;
 mod status;
 mod target;
+pub mod usage;
 
 pub use ca::{CaCmd, CaInitArgs, CaIssueArgs, ca};
 pub use drain::{DrainArgs, UndrainArgs, drain, undrain};
