@@ -238,10 +238,23 @@ pub async fn run(
     })?;
     // Nothing below can fail: the start has succeeded.
     created.keep();
+    let mut tasks = Tasks::new();
 
     let failover =
         crate::failover::Failover::new(&settings.data_dir, settings.keepalived.track_file.clone());
-    let mut tasks = Tasks::new();
+    if let Some(h) = settings.keepalived.handoff.clone() {
+        tasks.spawn(
+            Stage::First,
+            "handoff",
+            crate::failover::handoff::run(
+                h,
+                settings.node_id.to_string(),
+                mesh.view(),
+                failover.handoff_status(),
+                shutdown_rx.clone(),
+            ),
+        );
+    }
     haproxy.adopt_existing();
     // HAProxy stops last, once nothing can ask it to reload any more.
     let (haproxy_stop_tx, haproxy_stop_rx) = watch::channel(false);
@@ -336,7 +349,7 @@ pub async fn run(
         Stage::First,
         "failover",
         crate::failover::run(
-            failover,
+            failover.clone(),
             crate::failover::Sources {
                 me: settings.node_id.to_string(),
                 vrrp,
@@ -390,8 +403,19 @@ pub async fn run(
     note(tasks.stop(Stage::First, Duration::from_secs(15)).await);
     mesh.stop().await;
     note(tasks.stop(Stage::Gossip, Duration::from_secs(5)).await);
+    let leave_haproxy = leave_haproxy(&haproxy, &failover).await;
     let _ = haproxy_stop_tx.send(true);
     note(tasks.stop(Stage::Haproxy, Duration::from_secs(10)).await);
+    // The handoff lives as long as the HAProxy it serves.
+    if let (Some(h), true, false) = (
+        &settings.keepalived.handoff,
+        haproxy.is_supervised(),
+        leave_haproxy,
+    ) {
+        if let Err(e) = crate::failover::handoff::remove(h).await {
+            tracing::error!(error = %e, "cannot remove the connection handoff");
+        }
+    }
     // Everything is in the log already; a compaction that fails (a full
     // disk) loses nothing.
     if let Err(e) = shared.compact().await {
@@ -403,6 +427,29 @@ pub async fn run(
     } else {
         anyhow::bail!("{}", failed.join("; "))
     }
+}
+
+/// Whether to leave the supervised HAProxy serving when the daemon stops:
+/// on a drained VM that still serves client connections (an upgrade), the
+/// next daemon adopts it and the connections outlive the restart.
+async fn leave_haproxy(haproxy: &Haproxy, failover: &crate::failover::Failover) -> bool {
+    if !haproxy.is_supervised() || !failover.is_drained() {
+        return false;
+    }
+    let Some(sessions) = crate::haproxy::stats::client_sessions(haproxy)
+        .await
+        .filter(|n| *n > 0)
+    else {
+        return false;
+    };
+    haproxy.leave_running_on_shutdown();
+    tracing::warn!(
+        sessions,
+        pid = haproxy.state().master_pid(),
+        "this VM is drained and HAProxy still serves connections: HAProxy keeps serving them \
+         for the next lbmesh to adopt (to end them, stop that pid)"
+    );
+    true
 }
 
 /// Shows a freshly generated token to the person at the terminal, once.

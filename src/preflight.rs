@@ -29,6 +29,11 @@ pub enum PreflightError {
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
+    #[error(
+        "keepalived.vip: connections through the floating IP cannot be handed over: {0} \
+         (needs nftables with the socket and dup expressions: apt-get install nftables)"
+    )]
+    Handoff(#[from] crate::failover::handoff::HandoffError),
 }
 
 /// Checks every input `lbmesh serve` needs before it writes anything.
@@ -62,6 +67,9 @@ pub async fn check(settings: &Settings) -> Result<(), PreflightError> {
                 }
             })?;
         }
+    }
+    if let Some(h) = &settings.keepalived.handoff {
+        crate::failover::handoff::check(h).await?;
     }
     if let Some(fifo) = &settings.keepalived.notify_fifo {
         let dir = fifo.parent().unwrap_or(Path::new("/"));

@@ -222,6 +222,96 @@ fn a_crashed_daemon_leaves_haproxy_serving_and_adopts_it_on_restart() {
     assert_eq!(greeting(d.frontend(port)).as_deref(), Some("survivor"));
 }
 
+/// A TCP echo server: the backend of a long-lived connection.
+fn echo_backend() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 256];
+                use std::io::{Read, Write};
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn echo(conn: &mut std::net::TcpStream, what: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    conn.write_all(what.as_bytes()).ok()?;
+    let mut buf = vec![0u8; what.len()];
+    conn.read_exact(&mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+#[test]
+fn a_drained_daemon_stopped_leaves_haproxy_serving_and_the_next_carries_on_without_a_reload() {
+    let mut d = Daemon::start(DaemonOpts {
+        toml: fast_toml("", ""),
+        ..DaemonOpts::default()
+    });
+    let port = free_port(&d.ip);
+    d.add("echo", port, echo_backend());
+    let mut conn = std::net::TcpStream::connect(d.frontend(port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(echo(&mut conn, "one").as_deref(), Some("one"));
+    let master = d.haproxy_master_pid().unwrap();
+
+    let (code, r) = http(
+        "POST",
+        &d.url("/v1/drain?timeout=0"),
+        Some(&d.token),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["connections"], 1, "{r}");
+    let status = d.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(
+        d.log().contains("HAProxy keeps serving them"),
+        "{}",
+        d.log()
+    );
+    // lbmesh is gone; HAProxy and the connection are not.
+    assert_eq!(echo(&mut conn, "two").as_deref(), Some("two"));
+
+    d.spawn();
+    assert_eq!(
+        d.status()["haproxy"]["master_pid"].as_u64(),
+        Some(master as u64),
+        "adopted"
+    );
+    assert!(d.log().contains("without a reload"), "{}", d.log());
+    // A server change after the restart goes through the Runtime API.
+    d.add("echo", port, echo_backend());
+    let st = d.in_step();
+    assert_eq!(st["haproxy"]["reloads"], 0, "{st}");
+    assert!(st["haproxy"]["runtime_updates"].as_u64() >= Some(1), "{st}");
+    // Past hard-stop-after (5 s here): a reload would have handed the
+    // connection to an old worker that is gone by now.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(echo(&mut conn, "three").as_deref(), Some("three"));
+
+    // Undrained, a stop takes HAProxy and its connections down.
+    let (code, _) = http("POST", &d.url("/v1/undrain"), Some(&d.token), None, None);
+    assert_eq!(code, 200);
+    assert!(d.stop().success());
+    assert_eq!(echo(&mut conn, "four"), None);
+    assert_eq!(
+        d.haproxy_master_pid(),
+        None,
+        "the pid file goes with HAProxy"
+    );
+}
+
 #[test]
 fn haproxy_killed_under_the_daemon_comes_back() {
     let d = Daemon::start(DaemonOpts::default());

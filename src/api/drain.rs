@@ -63,28 +63,9 @@ fn timeout_query(raw: Option<&str>) -> Result<Duration, ApiError> {
     Ok(timeout)
 }
 
-/// Client connections the running HAProxy worker serves now on the
-/// registry's frontends (not its health frontend nor this very query).
+/// Client connections the running HAProxy worker serves now.
 async fn current_connections(st: &ApiState) -> Option<u64> {
-    // Frontends only: `show stat -1 1 -1`; CSV with pxname first, scur fifth.
-    let csv = crate::haproxy::runtime::send(&st.haproxy.runtime_socket, "show stat -1 1 -1")
-        .await
-        .ok()?;
-    Some(frontend_sessions(&csv))
-}
-
-/// Sums the current sessions of the registry's frontends in `show stat` CSV.
-fn frontend_sessions(csv: &str) -> u64 {
-    csv.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split(',').collect();
-            let (name, kind, scur) = (cols.first()?, cols.get(1)?, cols.get(4)?);
-            (*kind == "FRONTEND" && name.ends_with("_frontend"))
-                .then(|| scur.parse::<u64>().ok())
-                .flatten()
-        })
-        .sum()
+    crate::haproxy::stats::client_sessions(&st.haproxy).await
 }
 
 /// Other live peers that claim MASTER.
@@ -182,17 +163,6 @@ pub(super) async fn undrain(State(st): State<ApiState>, headers: HeaderMap) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_registry_frontends_count() {
-        let csv = "# pxname,svname,qcur,qmax,scur,smax\n\
-                   lbmesh_health,FRONTEND,,,3,4\n\
-                   443_frontend,FRONTEND,,,2,9\n\
-                   8443_frontend,FRONTEND,,,5,9\n\
-                   443_backend,BACKEND,0,0,7,9\n";
-        assert_eq!(frontend_sessions(csv), 7);
-        assert_eq!(frontend_sessions(""), 0);
-    }
 
     #[test]
     fn the_timeout_is_bounded() {

@@ -1,12 +1,15 @@
 //! The `[keepalived]` section: the notify FIFO, transition hooks, the lag
-//! the health check tolerates and the track file lbmesh writes.
+//! the health check tolerates, the track file lbmesh writes, and the
+//! floating IP whose connections outlive its moves.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, Paths, invalid, positive};
+use crate::failover::handoff::HandoffSettings;
 use crate::keepalived::Hooks;
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +27,11 @@ pub struct KeepalivedFile {
     pub max_lag: Option<Duration>,
     /// The file lbmesh writes for keepalived's `track_file`.
     pub track_file: Option<PathBuf>,
+    /// The floating IP (as in `lbmesh keepalived config --vip`, the prefix
+    /// optional): connections through it outlive its moves.
+    pub vip: Option<String>,
+    /// The interface that carries the floating IP and VRRP.
+    pub interface: Option<String>,
 }
 
 /// How lbmesh works with keepalived.
@@ -34,13 +42,96 @@ pub struct KeepalivedSettings {
     pub max_lag: Duration,
     /// Where lbmesh tells keepalived whether this peer may hold the VIP.
     pub track_file: PathBuf,
+    /// Connection handoff, when the floating IP is configured.
+    pub handoff: Option<HandoffSettings>,
+}
+
+/// The longest interface name Linux takes (IFNAMSIZ - 1).
+const MAX_INTERFACE: usize = 15;
+
+/// `keepalived.vip` and `keepalived.interface`: both or neither. Every VM
+/// serves connections through the VIP that it keeps after handing the VIP
+/// over, so HAProxy must listen on every address (the VIP among them).
+fn resolve_handoff(
+    vip: Option<String>,
+    interface: Option<String>,
+    bind_address: IpAddr,
+) -> Result<Option<HandoffSettings>, ConfigError> {
+    let (vip_text, interface) = match (vip, interface) {
+        (None, None) => return Ok(None),
+        (Some(v), Some(i)) => (v, i),
+        (Some(v), None) => {
+            return Err(invalid(
+                "keepalived.vip",
+                v,
+                "needs keepalived.interface too (the interface that carries it, e.g. \"eth0\")",
+            ));
+        }
+        (None, Some(i)) => {
+            return Err(invalid(
+                "keepalived.interface",
+                i,
+                "needs keepalived.vip too (the floating IP)",
+            ));
+        }
+    };
+    let address = vip_text
+        .split_once('/')
+        .map_or(vip_text.as_str(), |(a, _)| a);
+    let vip: Ipv4Addr = match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v)) => v,
+        Ok(IpAddr::V6(_)) => {
+            return Err(invalid(
+                "keepalived.vip",
+                &vip_text,
+                "only an IPv4 floating IP keeps its connections across moves",
+            ));
+        }
+        Err(_) => {
+            return Err(invalid(
+                "keepalived.vip",
+                &vip_text,
+                "must be an IPv4 address, e.g. \"198.18.0.100\"",
+            ));
+        }
+    };
+    if vip.is_unspecified() || vip.is_loopback() || vip.is_multicast() || vip.is_broadcast() {
+        return Err(invalid(
+            "keepalived.vip",
+            &vip_text,
+            "must be a unicast address other than 0.0.0.0 and 127.0.0.0/8",
+        ));
+    }
+    if interface.is_empty()
+        || interface.len() > MAX_INTERFACE
+        || !interface
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(invalid(
+            "keepalived.interface",
+            &interface,
+            "must be an interface name: 1 to 15 characters from A-Z a-z 0-9 _ . -",
+        ));
+    }
+    if !bind_address.is_unspecified() {
+        return Err(invalid(
+            "bind-address",
+            bind_address,
+            "must be 0.0.0.0 or :: when keepalived.vip is set: every VM serves, through the \
+             floating IP, the connections it keeps after handing it over",
+        ));
+    }
+    Ok(Some(HandoffSettings { vip, interface }))
 }
 
 pub(super) fn resolve(
     k: KeepalivedFile,
     paths: Paths<'_>,
     data_dir: &std::path::Path,
+    bind_address: IpAddr,
 ) -> Result<KeepalivedSettings, ConfigError> {
+    let handoff = resolve_handoff(k.vip, k.interface, bind_address)?;
     for (key, hook) in [
         ("keepalived.on-master", &k.on_master),
         ("keepalived.on-backup", &k.on_backup),
@@ -74,5 +165,6 @@ pub(super) fn resolve(
             k.track_file
                 .unwrap_or_else(|| data_dir.join("keepalived.track")),
         ),
+        handoff,
     })
 }

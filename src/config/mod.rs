@@ -219,7 +219,12 @@ impl Settings {
             &data_dir,
             paths,
         )?;
-        let keepalived = keepalived::resolve(file.keepalived, paths, &data_dir)?;
+        let keepalived = keepalived::resolve(
+            file.keepalived,
+            paths,
+            &data_dir,
+            haproxy.render.bind_address,
+        )?;
         Ok(Settings {
             node_id,
             data_dir,
@@ -288,6 +293,18 @@ mod tests {
     }
 
     #[test]
+    fn the_floating_ip_and_its_interface_go_together() {
+        assert!(parse("").unwrap().keepalived.handoff.is_none());
+        let s = parse(
+            "bind-address = \"0.0.0.0\"\n[keepalived]\nvip = \"198.18.0.100/24\"\ninterface = \"eth0\"",
+        )
+        .unwrap();
+        let h = s.keepalived.handoff.unwrap();
+        assert_eq!(h.vip.to_string(), "198.18.0.100");
+        assert_eq!(h.interface, "eth0");
+    }
+
+    #[test]
     fn the_example_configs_in_deploy_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
         let mut n = 0;
@@ -335,6 +352,27 @@ mod tests {
             ("[api]\nmax-body-bytes = 1", "api.max-body-bytes"),
             ("[keepalived]\non-master = []", "keepalived.on-master"),
             ("[keepalived]\nmax-lag = \"0s\"", "keepalived.max-lag"),
+            (
+                "[keepalived]\nvip = \"198.18.0.100\"",
+                "keepalived.interface",
+            ),
+            ("[keepalived]\ninterface = \"eth0\"", "keepalived.vip"),
+            (
+                "bind-address = \"0.0.0.0\"\n[keepalived]\nvip = \"2001:db8::1\"\ninterface = \"eth0\"",
+                "only an IPv4",
+            ),
+            (
+                "bind-address = \"0.0.0.0\"\n[keepalived]\nvip = \"127.0.0.9\"\ninterface = \"eth0\"",
+                "keepalived.vip",
+            ),
+            (
+                "bind-address = \"0.0.0.0\"\n[keepalived]\nvip = \"198.18.0.100\"\ninterface = \"eth0; x\"",
+                "keepalived.interface",
+            ),
+            (
+                "[keepalived]\nvip = \"198.18.0.100\"\ninterface = \"eth0\"",
+                "bind-address",
+            ),
             ("[haproxy]\nmin-slots = 0", "haproxy.min-slots"),
         ] {
             let err = parse(toml).unwrap_err().to_string();

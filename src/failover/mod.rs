@@ -3,9 +3,11 @@
 //! it in FAULT, and tells keepalived through its track file (read at once,
 //! by inotify): health, a drain asked by the operator, and split brains the
 //! mesh sees. The decision is the pure [`planner`]; this is its shell.
+//! [`handoff`] keeps connections through the VIP alive when it moves.
 
 pub mod adverts;
 pub mod claim;
+pub mod handoff;
 pub mod local_health;
 pub mod planner;
 
@@ -41,6 +43,9 @@ pub struct FailoverStatus {
     pub local_health: u64,
     /// Times this peer stepped down from a split brain.
     pub split_brain_stepdowns: u64,
+    /// Connection handoff, when `keepalived.vip` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<handoff::HandoffStatus>,
 }
 
 /// Errors of the drain flag and the track file.
@@ -65,6 +70,7 @@ pub struct Failover {
     drained: Arc<watch::Sender<bool>>,
     drain_file: PathBuf,
     track_file: PathBuf,
+    handoff: handoff::SharedStatus,
 }
 
 impl Failover {
@@ -82,11 +88,20 @@ impl Failover {
             drained: Arc::new(watch::channel(drained).0),
             drain_file,
             track_file,
+            handoff: Arc::default(),
         }
     }
 
     pub fn status(&self) -> FailoverStatus {
-        self.status.load().as_ref().clone()
+        FailoverStatus {
+            handoff: self.handoff.load().as_ref().clone(),
+            ..self.status.load().as_ref().clone()
+        }
+    }
+
+    /// Where the connection handoff task publishes its status.
+    pub fn handoff_status(&self) -> handoff::SharedStatus {
+        self.handoff.clone()
     }
 
     pub fn is_drained(&self) -> bool {
@@ -233,6 +248,7 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
             local_health: score.score(),
             split_brain_stepdowns: previous.split_brain_stepdowns
                 + u64::from(matches!(event, Some(Event::SteppedDown { .. }))),
+            handoff: None,
         };
         if **previous != status {
             f.status.store(Arc::new(status));

@@ -176,6 +176,7 @@ impl Applier {
         let mut changes = self.registry.subscribe();
         let mut process = self.haproxy.state().subscribe();
         let mut snapshot = self.snapshot();
+        self.adopt().await;
         // Why the next change to HAProxy happens: what changed last.
         let mut cause = Cause::Start;
         let mut exits_seen = self.haproxy.state().exits();
@@ -267,6 +268,35 @@ impl Applier {
                 () = crate::shutdown::signalled(&mut shutdown) => break,
             }
         }
+    }
+
+    /// An HAProxy left running by an earlier lbmesh (supervised mode) is
+    /// carried on from what it serves when that can be read back, so its
+    /// connections stay with their worker.
+    async fn adopt(&mut self) {
+        let Some(pid) = self.haproxy.state().master_pid() else {
+            return;
+        };
+        let Some(layout) = super::adopt::read_back(
+            &self.haproxy.config_path,
+            &self.haproxy.runtime_socket,
+            &self.executor.render,
+        )
+        .await
+        else {
+            return;
+        };
+        tracing::info!(
+            pid,
+            "carrying on with the adopted HAProxy's config, without a reload"
+        );
+        self.planner.adopt(layout, pid);
+        let report = Report {
+            method: Method::None,
+            result: Ok(()),
+        };
+        let snapshot = self.snapshot();
+        self.publish(&snapshot, Some(report), Instant::now(), Cause::Start);
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -4,8 +4,10 @@
 //! config text, `plan` decides each next step (pure), `execute` performs
 //! it, `apply` is the loop between them; `process` runs HAProxy,
 //! `runtime` talks to its sockets, `log` receives its log and `stats`
-//! reads its view of server health.
+//! reads its view of server health; `adopt` reads back what an HAProxy left
+//! running by an earlier lbmesh serves.
 
+pub mod adopt;
 pub mod apply;
 pub mod execute;
 pub mod layout;

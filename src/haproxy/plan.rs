@@ -316,6 +316,13 @@ impl Planner {
         &self.status
     }
 
+    /// Carries on from an HAProxy this planner did not start: `instance`
+    /// serves `layout` (read back from it), so what follows is planned from
+    /// there, without a reload.
+    pub fn adopt(&mut self, layout: Layout, instance: u32) {
+        self.served = Some(Served { layout, instance });
+    }
+
     pub fn quarantined(&self) -> &BTreeMap<u16, Quarantine> {
         &self.quarantine
     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,11 +114,14 @@ pub struct ProcessState {
     alerts: Mutex<Alerts>,
     /// Bumped whenever a master starts or exits, to wake whoever waits.
     changed: watch::Sender<u64>,
+    /// On shutdown, leave the master serving for the next lbmesh to adopt.
+    leave_running: AtomicBool,
 }
 
 impl Default for ProcessState {
     fn default() -> Self {
         Self {
+            leave_running: AtomicBool::new(false),
             master_pid: AtomicU32::new(0),
             restarts: AtomicU64::new(0),
             exits: AtomicU64::new(0),
@@ -250,6 +253,17 @@ impl Haproxy {
 
     pub fn state(&self) -> &Arc<ProcessState> {
         &self.state
+    }
+
+    /// Makes [`Haproxy::supervise`] leave the master running when it is
+    /// shut down, with its pid file, for the next lbmesh to adopt: the
+    /// connections it serves outlive the daemon (an upgrade of a drained VM).
+    pub fn leave_running_on_shutdown(&self) {
+        self.state.leave_running.store(true, Ordering::Relaxed);
+    }
+
+    fn leaving(&self) -> bool {
+        self.state.leave_running.load(Ordering::Relaxed)
     }
 
     /// Whether a worker answers on the runtime socket.
@@ -448,7 +462,9 @@ impl Haproxy {
     /// at once in external mode. Starts a master each time one is asked for
     /// (by [`Haproxy::reload`] when none runs), never on its own: whoever
     /// asks has written a config that passed `haproxy -c` and probed its
-    /// ports first. An exit is recorded for the asker to see.
+    /// ports first. An exit is recorded for the asker to see. On shutdown it
+    /// stops the master, unless told to leave it running
+    /// ([`Haproxy::leave_running_on_shutdown`]).
     pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
         let Mode::Supervised {
             master_socket,
@@ -468,6 +484,10 @@ impl Haproxy {
                         continue;
                     }
                     () = crate::shutdown::signalled(&mut shutdown) => {
+                        if self.leaving() {
+                            tracing::info!(pid, "leaving HAProxy serving for the next lbmesh to adopt");
+                            return;
+                        }
                         stop_pid(pid).await;
                         break;
                     }
@@ -493,8 +513,12 @@ impl Haproxy {
             if let Err(e) = crate::store::write_atomic(pid_file, format!("{pid}\n").as_bytes()) {
                 tracing::warn!(error = %e, "cannot write HAProxy pid file");
             }
-            tokio::select! {
-                status = child.wait() => {
+            let exited = tokio::select! {
+                status = child.wait() => Some(status),
+                () = crate::shutdown::signalled(&mut shutdown) => None,
+            };
+            match exited {
+                Some(status) => {
                     let how = match status {
                         Ok(s) => format!("HAProxy exited ({s})"),
                         Err(e) => format!("HAProxy could not be waited for: {e}"),
@@ -502,7 +526,13 @@ impl Haproxy {
                     tracing::warn!(pid, "{how}");
                     self.state.exited(how);
                 }
-                () = crate::shutdown::signalled(&mut shutdown) => {
+                None if self.leaving() => {
+                    tracing::info!(pid, "leaving HAProxy serving for the next lbmesh to adopt");
+                    // Not dropped: dropping the handle would kill it.
+                    std::mem::forget(child);
+                    return;
+                }
+                None => {
                     stop_pid(pid).await;
                     let _ = child.wait().await;
                     break;

@@ -15,6 +15,31 @@ use super::runtime;
 use crate::events::{EventKind, Events};
 use crate::metrics::{Metrics, ServerStateLabels};
 
+/// Client connections the running HAProxy worker serves now on the
+/// registry's frontends (not its health frontend nor the query itself);
+/// `None` when no worker answers.
+pub async fn client_sessions(h: &Haproxy) -> Option<u64> {
+    // Frontends only: `show stat -1 1 -1`; CSV with pxname first, scur fifth.
+    let csv = runtime::send(&h.runtime_socket, "show stat -1 1 -1")
+        .await
+        .ok()?;
+    Some(frontend_sessions(&csv))
+}
+
+/// Sums the current sessions of the registry's frontends in `show stat` CSV.
+pub fn frontend_sessions(csv: &str) -> u64 {
+    csv.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split(',').collect();
+            let (name, kind, scur) = (cols.first()?, cols.get(1)?, cols.get(4)?);
+            (*kind == "FRONTEND" && name.ends_with("_frontend"))
+                .then(|| scur.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// What HAProxy's health check says of one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +228,17 @@ pub async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_registry_frontends_sessions_count() {
+        let csv = "# pxname,svname,qcur,qmax,scur,smax\n\
+                   lbmesh_health,FRONTEND,,,3,4\n\
+                   443_frontend,FRONTEND,,,2,9\n\
+                   8443_frontend,FRONTEND,,,5,9\n\
+                   443_backend,BACKEND,0,0,7,9\n";
+        assert_eq!(frontend_sessions(csv), 7);
+        assert_eq!(frontend_sessions(""), 0);
+    }
 
     const SHOW_STAT: &str = "# pxname,svname,qcur,status,type,addr,check_status\n\
         443_backend,s1,0,MAINT,2,0.0.0.0:1,\n\
