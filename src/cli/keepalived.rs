@@ -177,6 +177,9 @@ async fn config(a: KeepalivedConfigArgs) -> anyhow::Result<String> {
             )
         })?;
     }
+    if let Some(h) = &settings.keepalived.handoff {
+        same_vip(&params, &h.vip.to_string(), &h.interface)?;
+    }
     let need_peers = params.unicast_src.is_some() && params.unicast_peers.is_empty();
     let need_track = a.track_file.is_none() && !has_config;
     if need_peers || need_track {
@@ -186,6 +189,9 @@ async fn config(a: KeepalivedConfigArgs) -> anyhow::Result<String> {
         let status: NodeStatus = client.get("/v1/status").await.context(
             "asking the daemon for the mesh's peers and its track file (or give --peer and --track-file)",
         )?;
+        if let Some(h) = status.vrrp.failover.as_ref().and_then(|f| f.handoff.as_ref()) {
+            same_vip(&params, &h.vip, &h.interface)?;
+        }
         if need_peers {
             params.unicast_peers = mesh_peer_ips(&client.target().base(), &status)?;
         }
@@ -200,6 +206,27 @@ async fn config(a: KeepalivedConfigArgs) -> anyhow::Result<String> {
     }
     params.validate().map_err(anyhow::Error::msg)?;
     Ok(render(&params))
+}
+
+/// The daemon hands over connections through the VIP it was configured
+/// with (`keepalived.vip`, `keepalived.interface`): keepalived must move that one.
+fn same_vip(
+    params: &crate::keepalived::KeepalivedParams,
+    vip: &str,
+    interface: &str,
+) -> anyhow::Result<()> {
+    let ours = params
+        .vip
+        .split_once('/')
+        .map_or(params.vip.as_str(), |(a, _)| a);
+    anyhow::ensure!(
+        ours == vip && params.interface == interface,
+        "--vip {} --interface {} differ from the daemon's keepalived.vip {vip} and \
+         keepalived.interface {interface}: keepalived must move the address whose connections lbmesh hands over",
+        params.vip,
+        params.interface,
+    );
+    Ok(())
 }
 
 /// The gossip addresses of the mesh's peers, as unicast VRRP peers.

@@ -67,8 +67,16 @@ impl LbVm {
     }
 }
 
+/// What a lab is started with beyond its size.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Connection handoff on every VM (`keepalived.vip` and `.interface`).
+    pub handoff: bool,
+}
+
 pub struct Lab {
     pub prefix: String,
+    pub options: LabOptions,
     pub dir: tempfile::TempDir,
     pub bin: PathBuf,
     pub lbs: Vec<LbVm>,
@@ -82,10 +90,16 @@ pub struct Lab {
 impl Lab {
     /// `lbs` load-balancer VMs and `nodes` Kubernetes nodes, all running.
     pub fn start(bin: &Path, lbs: usize, nodes: usize) -> Lab {
+        Self::start_with(bin, lbs, nodes, LabOptions::default())
+    }
+
+    /// [`Lab::start`] with `options`.
+    pub fn start_with(bin: &Path, lbs: usize, nodes: usize, options: LabOptions) -> Lab {
         require_root();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lm{}x{n}", std::process::id() % 100_000);
         let mut lab = Lab {
+            options,
             switch: format!("{prefix}sw"),
             client: format!("{prefix}cl"),
             prefix,
@@ -197,6 +211,72 @@ impl Lab {
         self.node_servers.push(child);
     }
 
+    /// A TCP echo server on node `i`, port `port`: the far end of
+    /// long-lived connections.
+    pub fn start_node_echo(&mut self, i: usize, port: u16) {
+        let (ns, _) = &self.nodes[i];
+        let script = format!(
+            "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',{port}))\ns.listen(128)\n\
+             def echo(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\n\
+             while True:\n  c,_=s.accept()\n  threading.Thread(target=echo,args=(c,),daemon=True).start()\n"
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.node_servers.push(child);
+    }
+
+    /// Runs `lbmesh ARGS` inside VM `i` against its own API (drain, undrain
+    /// …); (success, stdout and stderr).
+    pub fn lbmesh_cli(&self, i: usize, bin: &Path, args: &[&str]) -> (bool, String) {
+        let lb = &self.lbs[i];
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lb.ns])
+            .arg(bin)
+            .args(args)
+            .arg("--api")
+            .arg(lb.api())
+            .arg("--token-file")
+            .arg(self.dir.path().join("token"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// SIGTERM to VM `i`'s lbmesh (as a service manager stops it) and waits
+    /// for its exit; its status.
+    pub fn stop_lbmesh(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let lb = &mut self.lbs[i];
+        let mut child = lb.lbmesh.take().expect("lbmesh runs");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop within {within:?} of SIGTERM", lb.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn lbmesh_config(&self, i: usize) -> PathBuf {
         let lb = &self.lbs[i];
         let ca = self.dir.path().join("ca");
@@ -226,7 +306,7 @@ impl Lab {
                  min-reload-interval = \"100ms\"\nhard-stop-after = \"5s\"\n\
                  [mesh]\nca-cert = \"{ca}/ca.crt\"\ncert = \"{ca}/{name}.crt\"\nkey = \"{ca}/{name}.key\"\n\
                  gossip-interval = \"100ms\"\n\
-                 [keepalived]\nmax-lag = \"5s\"\n",
+                 [keepalived]\nmax-lag = \"5s\"\n{handoff}",
                 name = lb.name,
                 ip = lb.ip,
                 seeds = seeds.join(", "),
@@ -234,6 +314,11 @@ impl Lab {
                 token = self.dir.path().join("token").display(),
                 wrapper = wrapper.display(),
                 ca = ca.display(),
+                handoff = if self.options.handoff {
+                    format!("vip = \"{VIP}\"\ninterface = \"eth0\"\n")
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
@@ -241,6 +326,12 @@ impl Lab {
     }
 
     pub fn start_lbmesh(&mut self, i: usize) {
+        let bin = self.bin.clone();
+        self.start_lbmesh_with(i, &bin);
+    }
+
+    /// Starts VM `i`'s lbmesh from `bin` (an upgrade: another binary).
+    pub fn start_lbmesh_with(&mut self, i: usize, bin: &Path) {
         let cfg = self.lbmesh_config(i);
         let lb = &mut self.lbs[i];
         let log = std::fs::OpenOptions::new()
@@ -250,7 +341,7 @@ impl Lab {
             .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &lb.ns])
-            .arg(&self.bin)
+            .arg(bin)
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("LBMESH_LOG", "info")
@@ -415,9 +506,22 @@ impl Lab {
         frontend: u16,
         dst_ip: &str,
     ) -> serde_json::Value {
+        self.phone_home_to(node, lb, frontend, NODEPORT, "traefik", dst_ip)
+    }
+
+    /// [`Lab::phone_home`] for another NodePort and service name.
+    pub fn phone_home_to(
+        &self,
+        node: usize,
+        lb: usize,
+        frontend: u16,
+        nodeport: u16,
+        name: &str,
+        dst_ip: &str,
+    ) -> serde_json::Value {
         let (ns, _) = &self.nodes[node];
         let body = format!(
-            "{{\"dst-ip\":\"{dst_ip}\",\"frontend-port\":\"{frontend}\",\"backend-port\":\"{NODEPORT}\",\"action\":\"add\",\"name\":\"traefik\",\"send-proxy\":\"\"}}"
+            "{{\"dst-ip\":\"{dst_ip}\",\"frontend-port\":\"{frontend}\",\"backend-port\":\"{nodeport}\",\"action\":\"add\",\"name\":\"{name}\",\"send-proxy\":\"\"}}"
         );
         let out = run(Command::new("ip").args([
             "netns",
