@@ -99,8 +99,9 @@ fn loopback_and_metadata_need_the_operator_and_a_loop_is_never_built() {
     assert_eq!(s["haproxy"]["in_step"], true);
 }
 
-#[test]
-fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
+/// Two peers over gossip, each with its own `[registry]` keys; the data
+/// directory holding the shared token lives as long as the peers.
+fn pair(lb1_registry: &str, lb2_registry: &str) -> (tempfile::TempDir, Daemon, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "policy-test-token-0123456789abcdef\n").unwrap();
@@ -111,8 +112,6 @@ fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
         .zip(&ports)
         .map(|(ip, p)| format!("{ip}:{p}").parse().unwrap())
         .collect();
-    let wide_port = free_port(&ips[0]);
-    let narrow_port = free_port(&ips[0]);
     let start = |i: usize, registry: &str| {
         Daemon::start(DaemonOpts {
             ip: ips[i].clone(),
@@ -125,9 +124,18 @@ fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
             ..DaemonOpts::default()
         })
     };
-    let lb1 = start(0, "");
-    // lb2 allows only one frontend port and no loopback backends beyond 127.0.0.1/32.
-    let lb2 = start(1, &format!("allowed-ports = [\"{narrow_port}\"]"));
+    let lb1 = start(0, lb1_registry);
+    let lb2 = start(1, lb2_registry);
+    (dir, lb1, lb2)
+}
+
+#[test]
+fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
+    let ip = test_ip();
+    let wide_port = free_port(&ip);
+    let narrow_port = free_port(&ip);
+    // lb2 allows only one frontend port.
+    let (_dir, lb1, lb2) = pair("", &format!("allowed-ports = [\"{narrow_port}\"]"));
     let backend = Backend::start("b");
     // Accepted by lb1, outside lb2's frontend ports.
     lb1.add("wide", wide_port, backend.addr);
@@ -162,7 +170,7 @@ fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
         Some("b")
     );
     // Counted in metrics with the peer and the reason.
-    let metrics = lb2_metrics(&lb2);
+    let metrics = lb2.metrics();
     assert!(
         metrics.contains("lbmesh_refused_entries{peer=\"lb1\",reason=\"port_not_allowed\"} 1"),
         "{metrics}"
@@ -199,10 +207,111 @@ fn a_peer_with_a_narrower_policy_does_not_serve_what_it_would_refuse() {
     );
 }
 
-fn lb2_metrics(d: &Daemon) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-s", &d.url("/metrics")])
-        .output()
+/// The frontend ports lb2's HAProxy config binds.
+fn bound_ports(d: &Daemon) -> Vec<u16> {
+    let mut ports: Vec<u16> = d
+        .haproxy_config()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("bind "))
+        .filter_map(|b| {
+            b.split_whitespace()
+                .next()?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+#[test]
+fn a_peer_with_narrower_bounds_serves_only_what_fits_them() {
+    // lb2 serves at most 2 frontends, 2 servers per frontend, 4 in all.
+    let (_dir, lb1, lb2) = pair(
+        "",
+        "max-frontends = 2\nmax-servers-per-frontend = 2\nmax-servers = 4",
+    );
+    let backends: Vec<Backend> = (0..5).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let [a, b, c] = [0, 1, 2].map(|_| free_port(&lb1.ip));
+    // Accepted by lb1 oldest first: three servers on a, one on b, one on c.
+    for (name, port, backend) in [
+        ("a", a, &backends[0]),
+        ("a", a, &backends[1]),
+        ("a", a, &backends[2]),
+        ("b", b, &backends[0]),
+        ("c", c, &backends[0]),
+    ] {
+        lb1.add(name, port, backend.addr);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s2 = eventually(
+        Duration::from_secs(20),
+        "lb2 to leave out what is beyond its bounds",
+        || {
+            let s = lb2.status();
+            (s["refused_total"] == 2 && s["haproxy"]["in_step"] == true).then_some(s)
+        },
+    );
+    let mut list: Vec<(u64, String, String)> = s2["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["frontend_port"].as_u64().unwrap(),
+                r["peer"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    let mut want = vec![
+        (
+            u64::from(a),
+            "lb1".into(),
+            "max_servers_per_frontend".into(),
+        ),
+        (u64::from(c), "lb1".into(), "max_frontends".into()),
+    ];
+    want.sort();
+    assert_eq!(list, want, "{s2}");
+    // The newest server of a is the one left out.
+    let left = s2["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["frontend_port"] == a)
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_eq!(left["server"], backends[2].addr.to_string(), "{s2}");
+    // lb2 renders and serves a and b only; lb1 serves all three.
+    assert_eq!(bound_ports(&lb2), vec![a.min(b), a.max(b)]);
+    assert_eq!(bound_ports(&lb1).len(), 3);
+    assert!(greeting(lb2.frontend(a)).is_some());
+    assert_eq!(greeting(lb2.frontend(c)), None);
+    assert_eq!(greeting(lb1.frontend(c)).as_deref(), Some("b0"));
+    let metrics = lb2.metrics();
+    for reason in ["max_frontends", "max_servers_per_frontend"] {
+        assert!(
+            metrics.contains(&format!(
+                "lbmesh_refused_entries{{peer=\"lb1\",reason=\"{reason}\"}} 1\n"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    // lb2 holds five servers, more than its max-servers (4), and serves
+    // three. Its own client is refused for what it serves (two frontends)...
+    let d = free_port(&lb2.ip);
+    let (code, v) = hook_add(&lb2, "d", d, "127.0.0.1", backends[4].addr.port());
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"], "registry_full", "{v}");
+    assert_eq!(
+        v["message"], "registry full: 2 frontends served (max-frontends)",
+        "{v}"
+    );
+    // ...never for what it holds and leaves out: the fourth place is free.
+    let (code, v) = hook_add(&lb2, "b", b, "127.0.0.1", backends[3].addr.port());
+    assert_eq!(code, 200, "{v}");
 }

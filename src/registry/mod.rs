@@ -2,6 +2,7 @@
 //! is an argument, I/O happens elsewhere.
 
 pub mod backend_policy;
+pub mod bounds;
 pub mod entry;
 pub mod own;
 pub mod policy;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use backend_policy::{AddressRefusal, BackendPolicy, LoopGuard};
+pub use bounds::OverBound;
 pub use entry::{Entry, Op};
 pub use own::Durability;
 pub use policy::{PolicyError, PortPolicy, PortRange};
@@ -159,6 +161,9 @@ pub enum Refusal {
     Address(#[from] AddressRefusal),
     #[error("peer {peer} holds more than {max} entries (twice registry.max-servers)")]
     PeerOverBound { peer: PeerId, max: usize },
+    /// Beyond this peer's own size bounds (the entries served first stay).
+    #[error(transparent)]
+    Bound(#[from] OverBound),
 }
 
 impl Refusal {
@@ -169,6 +174,7 @@ impl Refusal {
             Self::Port(PolicyError::NotAllowed { .. }) => "port_not_allowed",
             Self::Address(a) => a.label(),
             Self::PeerOverBound { .. } => "peer_over_bound",
+            Self::Bound(b) => b.label(),
         }
     }
 }
@@ -643,32 +649,40 @@ impl Registry {
         }
     }
 
-    /// Refuses a new server if it would exceed a size bound. Collects expired
-    /// entries first when close to a bound, so stale leases never block.
+    /// Refuses a new server if it would exceed a size bound. While every add
+    /// held fits the bounds with room for one more, so does what is served,
+    /// and that is all it takes; otherwise expired entries are collected,
+    /// and then only what is served counts: entries this peer refuses to
+    /// serve (beyond its bounds, or against its policy) never keep its own
+    /// clients out.
     fn check_room(&mut self, key: Key, now_ms: u64) -> Result<(), RegistryError> {
-        let full = |r: &Self| -> Option<String> {
-            let frontend_adds = r.adds_per_frontend.get(&key.frontend).copied().unwrap_or(0);
-            if r.adds >= r.limits.max_servers {
-                Some(format!("{} servers registered (max-servers)", r.adds))
-            } else if frontend_adds >= r.limits.max_servers_per_frontend {
-                Some(format!(
-                    "frontend port {} has {} servers (max-servers-per-frontend)",
-                    key.frontend, frontend_adds
-                ))
-            } else if frontend_adds == 0 && r.adds_per_frontend.len() >= r.limits.max_frontends {
-                Some(format!(
-                    "{} frontends registered (max-frontends)",
-                    r.adds_per_frontend.len()
-                ))
-            } else {
-                None
-            }
+        // Every add held is served while they all fit the bounds.
+        let room = |r: &Self| {
+            let held = bounds::Occupancy {
+                servers: r.adds,
+                frontends: r.adds_per_frontend.len(),
+                on_frontend: r.adds_per_frontend.get(&key.frontend).copied().unwrap_or(0),
+            };
+            held.full(&r.limits, key.frontend).is_none()
+                && bounds::fits(&r.limits, r.adds_per_frontend.values().copied())
         };
-        if full(self).is_none() {
+        if room(self) {
             return Ok(());
         }
         self.collect_garbage(now_ms);
-        match full(self) {
+        if room(self) {
+            return Ok(());
+        }
+        let view = self.view(now_ms);
+        let served = bounds::Occupancy {
+            servers: view.server_count(),
+            frontends: view.frontends.len(),
+            on_frontend: view
+                .frontends
+                .get(&key.frontend)
+                .map_or(0, |f| f.servers.len()),
+        };
+        match served.full(&self.limits, key.frontend) {
             None => Ok(()),
             Some(why) => Err(RegistryError::Full(why)),
         }
@@ -1002,6 +1016,8 @@ impl Registry {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         let mut sum = Summary::default();
+        // Servers served per frontend, to see whether a bound leaves some out.
+        let mut per_frontend: Vec<usize> = Vec::new();
         let mut live: Vec<(&SocketAddr, &ServiceName, bool, u64, u64)> = Vec::new();
         let live_frontends: std::collections::BTreeSet<u16> = self
             .keys
@@ -1042,6 +1058,7 @@ impl Registry {
             };
             sum.frontends += 1;
             view::hash_frontend(&mut h, frontend, owner);
+            let servers_before = sum.servers;
             for (addr, name, proxy, _, expires) in &live {
                 if *name == owner {
                     sum.servers += 1;
@@ -1050,6 +1067,18 @@ impl Registry {
                     sum.conflicts += 1;
                 }
             }
+            per_frontend.push(sum.servers - servers_before);
+        }
+        if !bounds::fits(&self.limits, per_frontend) {
+            // Some are left out (rare: entries gossiped beyond this peer's
+            // bounds); the view knows which.
+            let v = self.view(now_ms);
+            return Summary {
+                digest: v.digest(),
+                frontends: v.frontends.len(),
+                servers: v.server_count(),
+                conflicts: v.conflicts.len(),
+            };
         }
         sum.digest = view::short_digest(h);
         sum
@@ -1106,6 +1135,19 @@ impl Registry {
                     .or_insert(candidate);
             }
         }
+        // This peer's own size bounds, whoever accepted the entries.
+        let mut pools: BTreeMap<u16, Vec<(u64, SocketAddr)>> = BTreeMap::new();
+        for (k, _, e) in &live {
+            if let Op::Add { name, since_ms, .. } = &e.op {
+                if *name == owners[&k.frontend].1 {
+                    pools
+                        .entry(k.frontend)
+                        .or_default()
+                        .push((*since_ms, k.server));
+                }
+            }
+        }
+        let over = bounds::leave_out(&self.limits, &pools);
         for (k, p, e) in live {
             let Op::Add {
                 name,
@@ -1123,6 +1165,18 @@ impl Registry {
                     server: k.server,
                     name: name.clone(),
                     owner: owner.clone(),
+                });
+                continue;
+            }
+            if let Some(why) = over.get(&k) {
+                let why = Refusal::from(*why);
+                refused.push(view::RefusedView {
+                    frontend: k.frontend,
+                    server: k.server,
+                    name: name.clone(),
+                    peer: p.node.clone(),
+                    reason: why.label(),
+                    message: why.to_string(),
                 });
                 continue;
             }

@@ -506,3 +506,164 @@ fn refusals_read_as_plain_words() {
         .to_string();
     assert_eq!(e, "a lease of 2s is outside the allowed 10s to 1day");
 }
+
+/// A wide peer's entries beyond this peer's own bounds: left out the same
+/// way on every narrow peer, listed with the peer and the reason, and never
+/// a reason to refuse this peer's own clients.
+#[test]
+fn gossip_beyond_the_own_bounds_is_left_out_the_same_way_everywhere() {
+    let mut wide = Registry::new(
+        "lb2".parse().unwrap(),
+        Limits::default(),
+        PortPolicy::new(vec![], [9000]),
+    );
+    // Five frontends, the first with four servers, a millisecond apart.
+    let mut writes = Vec::new();
+    for (i, (f, s)) in [
+        (1000, 1),
+        (1000, 2),
+        (1000, 3),
+        (1000, 4),
+        (1001, 1),
+        (1002, 1),
+    ]
+    .into_iter()
+    .chain([(1003, 1), (1004, 1)])
+    .enumerate()
+    {
+        let c = wide
+            .apply(
+                add(f, &format!("198.18.0.{s}:80"), &format!("svc{f}")),
+                T0 + i as u64,
+            )
+            .unwrap();
+        writes.push(c);
+    }
+    // Two narrow peers (2 frontends, 3 servers per frontend, 5 in all)
+    // hear the writes in opposite orders.
+    let narrow_peer = || {
+        Registry::new(
+            "lb1".parse().unwrap(),
+            Limits {
+                max_servers: 5,
+                max_servers_per_frontend: 3,
+                max_frontends: 2,
+                ..Limits::default()
+            },
+            PortPolicy::new(vec![], [9000]),
+        )
+    };
+    let mut narrow = [narrow_peer(), narrow_peer()];
+    for (n, r) in narrow.iter_mut().enumerate() {
+        let mut order: Vec<&Change> = writes.iter().collect();
+        if n == 1 {
+            order.reverse();
+        }
+        for c in order {
+            r.merge_remote(c.key, wide.origin().clone(), Some(c.entry.clone()), T0 + 10);
+        }
+        r.check_invariants().unwrap();
+    }
+    let now = T0 + 20;
+    let (a, b) = (narrow[0].view(now), narrow[1].view(now));
+    assert_eq!(
+        a, b,
+        "every peer with the same bounds leaves out the same ones"
+    );
+    assert_eq!(narrow[0].summary(now).digest, a.digest());
+    // The oldest two frontends, the oldest three servers of the first.
+    let served: Vec<(u16, usize)> = a
+        .frontends
+        .values()
+        .map(|f| (f.port, f.servers.len()))
+        .collect();
+    assert_eq!(served, vec![(1000, 3), (1001, 1)]);
+    let refused: Vec<(u16, &str, &str)> = a
+        .refused
+        .iter()
+        .map(|r| (r.frontend, r.peer.as_str(), r.reason))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            (1000, "lb2", "max_servers_per_frontend"),
+            (1002, "lb2", "max_frontends"),
+            (1003, "lb2", "max_frontends"),
+            (1004, "lb2", "max_frontends"),
+        ]
+    );
+    assert_eq!(
+        a.refused[0].message,
+        "frontend port 1000 already has 3 older servers (this peer's registry.max-servers-per-frontend)"
+    );
+    let counts = narrow[0].refused_counts(now);
+    assert_eq!(counts[&("lb2".parse().unwrap(), "max_frontends")], 3);
+    // Eight adds held: more than max-servers (5), yet four are served and
+    // the frontends are full. A new server on a served frontend with room is
+    // accepted; a new frontend is refused for the two served, not the five held.
+    let r = &mut narrow[0];
+    let e = r
+        .apply(add(2000, "198.18.0.9:80", "mine"), now)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "registry full: 2 frontends served (max-frontends)"
+    );
+    r.apply(add(1001, "198.18.0.9:80", "svc1001"), now).unwrap();
+    let e = r
+        .apply(add(1001, "198.18.0.10:80", "svc1001"), now)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "registry full: 5 servers served (max-servers)"
+    );
+    // When the oldest frontend goes, the next oldest is served in its place.
+    for c in writes.iter().filter(|c| c.key.frontend == 1000) {
+        let gone = wide
+            .apply(del(1000, &c.key.server.to_string(), "svc1000"), now)
+            .unwrap();
+        r.merge_remote(gone.key, wide.origin().clone(), Some(gone.entry), now);
+    }
+    let v = r.view(now + 1);
+    assert_eq!(
+        v.frontends.keys().copied().collect::<Vec<_>>(),
+        vec![1001, 1002]
+    );
+    assert_eq!(r.summary(now + 1).digest, v.digest());
+    r.check_invariants().unwrap();
+}
+
+proptest! {
+    /// Whatever a wider peer sends, what this peer serves fits its own
+    /// bounds, and the streaming digest equals the view's.
+    #[test]
+    fn gossip_never_takes_the_view_beyond_the_own_bounds(
+        adds in proptest::collection::vec((0u16..6, 0u8..8, 0u64..5_000, 10u32..100), 1..60),
+    ) {
+        let mut wide = Registry::new(
+            "lb2".parse().unwrap(),
+            Limits::default(),
+            PortPolicy::new(vec![], [9000]),
+        );
+        let mut r = reg();
+        let mut now = T0;
+        for (f, s, dt, ttl) in adds {
+            now += dt;
+            let c = wide.apply(Command::Register {
+                key: key(1000 + f, &format!("198.18.0.{s}:80")),
+                name: format!("n{f}").parse().unwrap(),
+                send_proxy: false,
+                ttl: Some(Duration::from_secs(u64::from(ttl))),
+            }, now);
+            if let Ok(c) = c {
+                r.merge_remote(c.key, wide.origin().clone(), Some(c.entry), now);
+            }
+            r.check_invariants().map_err(TestCaseError::fail)?;
+            let v = r.view(now);
+            prop_assert_eq!(r.summary(now).digest, v.digest());
+            prop_assert!(v.server_count() <= 4);
+            prop_assert!(v.frontends.len() <= 2);
+            prop_assert!(v.frontends.values().all(|f| f.servers.len() <= 3));
+        }
+    }
+}

@@ -312,6 +312,15 @@ impl Daemon {
         )
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-m", "10", &self.url("/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn status(&self) -> Value {
         let (code, v) = self.get("/v1/status");
         assert_eq!(code, 200, "{v}");
