@@ -53,20 +53,48 @@ pub struct ServerStateLabels {
     pub state: &'static str,
 }
 
-/// Why a peer's connection was refused (`lbmesh_peer_connections_refused_total`).
+/// Why this peer refused (or closed) a gossip connection
+/// (`lbmesh_peer_connections_refused_total`).
 pub mod refused_connection {
-    /// The TLS handshake failed: no certificate, or one the cluster CA did not sign.
-    pub const TLS: &str = "tls";
     /// The certificate is on the revocation list.
     pub const REVOKED: &str = "revoked";
-    /// The certificate names another node than the one the peer gossips as.
+    /// The certificate is not signed by the cluster CA (another cluster's, self-signed).
+    pub const UNKNOWN_CA: &str = "unknown_ca";
+    /// The certificate has expired or is not valid yet.
+    pub const EXPIRED: &str = "expired";
+    /// The peer presented no certificate.
+    pub const NO_CERTIFICATE: &str = "no_certificate";
+    /// The certificate names another node than the one the peer gossips
+    /// as, or no node at all.
     pub const IDENTITY: &str = "identity";
-    pub const ALL: [&str; 3] = [TLS, REVOKED, IDENTITY];
+    /// The handshake did not finish in time.
+    pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+    /// Any other TLS failure.
+    pub const TLS: &str = "tls";
+    pub const ALL: [&str; 7] = [
+        REVOKED,
+        UNKNOWN_CA,
+        EXPIRED,
+        NO_CERTIFICATE,
+        IDENTITY,
+        HANDSHAKE_TIMEOUT,
+        TLS,
+    ];
 
-    /// The reason of a failed handshake, from its error text.
+    /// The reason of a failed handshake, from its error text (quinn and
+    /// rustls give the certificate error only as text).
     pub fn of_handshake(error: &str) -> &'static str {
-        if error.contains("Revoked") || error.contains("revoked") {
+        let has = |s: &str| error.contains(s);
+        if has("Revoked") || has("revoked") {
             REVOKED
+        } else if has("UnknownIssuer") || has("BadSignature") {
+            UNKNOWN_CA
+        } else if has("expired") || has("Expired") || has("not valid yet") || has("NotValidYet") {
+            EXPIRED
+        } else if has("no certificates") || has("NoCertificatesPresented") {
+            NO_CERTIFICATE
+        } else if has("timed out") {
+            HANDSHAKE_TIMEOUT
         } else {
             TLS
         }
@@ -240,7 +268,7 @@ impl Metrics {
         let peer_connections_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "peer_connections_refused",
-            "Gossip connections refused or closed, by reason (tls, revoked, identity)",
+            "Gossip connections this peer refused or closed, by reason (revoked, unknown_ca, expired, no_certificate, identity, handshake_timeout, tls)",
             peer_connections_refused.clone(),
         );
         for reason in refused_connection::ALL {
@@ -392,17 +420,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_revoked_certificate_is_told_apart_from_other_handshake_failures() {
-        let revoked =
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked).to_string();
-        assert_eq!(refused_connection::of_handshake(&revoked), "revoked");
-        let unknown_ca =
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer).to_string();
-        assert_eq!(refused_connection::of_handshake(&unknown_ca), "tls");
-        assert_eq!(
-            refused_connection::of_handshake("handshake timed out"),
-            "tls"
-        );
+    fn handshake_failures_are_told_apart() {
+        use rustls::CertificateError as C;
+        let cert = |e: C| rustls::Error::InvalidCertificate(e).to_string();
+        for (error, reason) in [
+            (cert(C::Revoked), "revoked"),
+            (cert(C::UnknownIssuer), "unknown_ca"),
+            (cert(C::BadSignature), "unknown_ca"),
+            (cert(C::Expired), "expired"),
+            (cert(C::NotValidYet), "expired"),
+            (
+                rustls::Error::NoCertificatesPresented.to_string(),
+                "no_certificate",
+            ),
+            ("handshake timed out".to_string(), "handshake_timeout"),
+            (cert(C::UnsupportedSignatureAlgorithm), "tls"),
+            (
+                rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon)
+                    .to_string(),
+                "tls",
+            ),
+        ] {
+            assert_eq!(refused_connection::of_handshake(&error), reason, "{error}");
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn mesh_haproxy_and_replication_metrics_follow_what_happens() {
     });
     wait_value(
         lb1,
-        "lbmesh_peer_connections_refused_total{reason=\"tls\"}",
+        "lbmesh_peer_connections_refused_total{reason=\"unknown_ca\"}",
         |v| v >= 1.0,
     );
     drop(stranger);

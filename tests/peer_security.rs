@@ -233,6 +233,16 @@ fn quic_clients_without_a_valid_cluster_certificate_are_refused_and_logged() {
     }
     assert!(frontends(&victim).is_empty());
     assert_eq!(peer_ids(&victim), vec!["lb1".to_string()]);
+    // Counted by reason: two certificates of an unknown CA, one expired.
+    let metrics = victim.metrics();
+    for (reason, n) in [("unknown_ca", 2), ("expired", 1), ("revoked", 0)] {
+        assert!(
+            metrics.contains(&format!(
+                "lbmesh_peer_connections_refused_total{{reason=\"{reason}\"}} {n}\n"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
 }
 
 #[test]

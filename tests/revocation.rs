@@ -95,6 +95,22 @@ fn a_stolen_certificate_is_reported_then_revoked_on_a_running_mesh() {
         impostor.log().contains("certificate") || lb1.log().contains("Revoked"),
         "no refusal logged"
     );
+    // Counted with its reason.
+    eventually(
+        Duration::from_secs(15),
+        "lb1 to count a revoked peer",
+        || {
+            let m = lb1.metrics();
+            let n: u64 = m
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("lbmesh_peer_connections_refused_total{reason=\"revoked\"} ")
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            (n > 0).then_some(())
+        },
+    );
 
     // The real lb2 gets a new certificate and is back in the mesh.
     sh(

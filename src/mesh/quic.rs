@@ -73,9 +73,22 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    fn refused(&self, remote: SocketAddr, why: &str) {
+    /// A handshake that failed: a refusal of this peer's unless the other
+    /// side gave up (it refused this peer's certificate: its own refusal).
+    fn failed_handshake(&self, remote: SocketAddr, why: &str) {
+        if why.contains("by peer") {
+            tracing::debug!(%remote, reason = %why, "a peer closed a gossip connection during its handshake");
+        } else {
+            let reason = crate::metrics::refused_connection::of_handshake(why);
+            self.refused(remote, reason, why);
+        }
+    }
+
+    /// Counts and (at most once a minute per address and reason) logs a
+    /// refused connection; `reason` is one of [`crate::metrics::refused_connection`].
+    fn refused(&self, remote: SocketAddr, reason: &'static str, why: &str) {
         if let Some(m) = &self.metrics {
-            m.refused_connection(crate::metrics::refused_connection::of_handshake(why));
+            m.refused_connection(reason);
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -442,7 +455,8 @@ impl Peers {
             Ok(n) => n,
             Err(why) => {
                 conn.close(1u32.into(), b"not a peer certificate");
-                self.refusals.refused(addr, &why);
+                self.refusals
+                    .refused(addr, crate::metrics::refused_connection::IDENTITY, &why);
                 return None;
             }
         };
@@ -461,7 +475,7 @@ impl Peers {
             Err(why) => {
                 tracing::debug!(%to, %why, "cannot reach peer");
                 if why.contains("certificate") || why.contains("handshake") {
-                    self.refusals.refused(to, &why);
+                    self.refusals.failed_handshake(to, &why);
                 }
                 None
             }
@@ -479,8 +493,12 @@ async fn accept_loop(peers: Arc<Peers>) {
                 Ok(Ok(conn)) => {
                     peers.admit(remote, conn, false, began);
                 }
-                Ok(Err(e)) => peers.refusals.refused(remote, &e.to_string()),
-                Err(_) => peers.refusals.refused(remote, "handshake timed out"),
+                Ok(Err(e)) => peers.refusals.failed_handshake(remote, &e.to_string()),
+                Err(_) => peers.refusals.refused(
+                    remote,
+                    crate::metrics::refused_connection::HANDSHAKE_TIMEOUT,
+                    "handshake timed out",
+                ),
             }
         });
     }
