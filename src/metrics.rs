@@ -434,7 +434,7 @@ mod tests {
                 "no_certificate",
             ),
             ("handshake timed out".to_string(), "handshake_timeout"),
-            (cert(C::UnsupportedSignatureAlgorithm), "tls"),
+            (cert(C::UnhandledCriticalExtension), "tls"),
             (
                 rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon)
                     .to_string(),

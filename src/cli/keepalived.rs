@@ -189,7 +189,12 @@ async fn config(a: KeepalivedConfigArgs) -> anyhow::Result<String> {
         let status: NodeStatus = client.get("/v1/status").await.context(
             "asking the daemon for the mesh's peers and its track file (or give --peer and --track-file)",
         )?;
-        if let Some(h) = status.vrrp.failover.as_ref().and_then(|f| f.handoff.as_ref()) {
+        if let Some(h) = status
+            .vrrp
+            .failover
+            .as_ref()
+            .and_then(|f| f.handoff.as_ref())
+        {
             same_vip(&params, &h.vip, &h.interface)?;
         }
         if need_peers {
