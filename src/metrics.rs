@@ -71,7 +71,11 @@ pub mod refused_connection {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     /// Any other TLS failure.
     pub const TLS: &str = "tls";
-    pub const ALL: [&str; 7] = [
+    /// The other side closed the handshake: it does not trust this peer's
+    /// certificate (a host of another cluster trying to join, or this
+    /// peer's certificate revoked or expired in the other's view).
+    pub const REFUSED_BY_PEER: &str = "refused_by_peer";
+    pub const ALL: [&str; 8] = [
         REVOKED,
         UNKNOWN_CA,
         EXPIRED,
@@ -79,6 +83,7 @@ pub mod refused_connection {
         IDENTITY,
         HANDSHAKE_TIMEOUT,
         TLS,
+        REFUSED_BY_PEER,
     ];
 
     /// The reason of a failed handshake, from its error text (quinn and

@@ -135,7 +135,9 @@ fn mesh_haproxy_and_replication_metrics_follow_what_happens() {
     wait_value(lb3, "lbmesh_lag_seconds", |v| v >= 1.0);
     wait_value(lb1, "lbmesh_converged", |v| v == 0.0);
 
-    // A host with a certificate from another CA tries to join: refused.
+    // A host with a certificate from another CA tries to join. It refuses
+    // lb1's certificate first (the client checks the server's first), so lb1
+    // counts a refusal by the other side and the stranger an unknown CA.
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = Daemon::start(DaemonOpts {
         node_id: "lb9".into(),
@@ -145,6 +147,11 @@ fn mesh_haproxy_and_replication_metrics_follow_what_happens() {
     });
     wait_value(
         lb1,
+        "lbmesh_peer_connections_refused_total{reason=\"refused_by_peer\"}",
+        |v| v >= 1.0,
+    );
+    wait_value(
+        &stranger,
         "lbmesh_peer_connections_refused_total{reason=\"unknown_ca\"}",
         |v| v >= 1.0,
     );

@@ -73,15 +73,16 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    /// A handshake that failed: a refusal of this peer's unless the other
-    /// side gave up (it refused this peer's certificate: its own refusal).
+    /// A handshake that failed: refused by this peer for the certificate's
+    /// fault, or by the other side (it does not trust this peer: a host of
+    /// another cluster, or this peer's own certificate refused), counted apart.
     fn failed_handshake(&self, remote: SocketAddr, why: &str) {
-        if why.contains("by peer") {
-            tracing::debug!(%remote, reason = %why, "a peer closed a gossip connection during its handshake");
+        let reason = if why.contains("by peer") {
+            crate::metrics::refused_connection::REFUSED_BY_PEER
         } else {
-            let reason = crate::metrics::refused_connection::of_handshake(why);
-            self.refused(remote, reason, why);
-        }
+            crate::metrics::refused_connection::of_handshake(why)
+        };
+        self.refused(remote, reason, why);
     }
 
     /// Counts and (at most once a minute per address and reason) logs a
@@ -105,7 +106,11 @@ impl RefusalLog {
             .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60));
         if due {
             last.insert(key, now);
-            tracing::warn!(%remote, reason = %why, "refused a gossip connection");
+            if reason == crate::metrics::refused_connection::REFUSED_BY_PEER {
+                tracing::warn!(%remote, reason = %why, "the other side refused a gossip connection with this peer");
+            } else {
+                tracing::warn!(%remote, reason = %why, "refused a gossip connection");
+            }
         }
     }
 }
