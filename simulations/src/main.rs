@@ -22,7 +22,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use crate::scenario::{BUILT_IN, Scenario};
+use crate::scenario::{BUILT_IN, LinkModel, Scenario};
 use crate::world::{Outcome, RunConfig};
 
 #[derive(Debug, Parser)]
@@ -53,6 +53,13 @@ struct Args {
     /// the invariants catch it.
     #[arg(long)]
     wrong_merge: bool,
+    /// How messages travel, for every scenario (default: each scenario's own).
+    #[arg(long, value_enum)]
+    links: Option<LinkModel>,
+    /// No acknowledged write may be lost, even with its disk (needs writes
+    /// acknowledged once another peer holds them).
+    #[arg(long)]
+    strict: bool,
     /// The VIP holder must serve every change older than this (milliseconds).
     #[arg(long, default_value_t = 5_000)]
     vip_bound_ms: u64,
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
                         wrong_merge: args.wrong_merge,
                         verbose: replay,
                         vip_bound: Duration::from_millis(args.vip_bound_ms),
+                        links: args.links,
+                        strict: args.strict,
                     };
                     if replay {
                         println!(
@@ -216,14 +225,24 @@ fn main() -> ExitCode {
                 "FAIL scenario {name} seed {seed} step {} ({}): {}",
                 v.step, v.step_text, v.what
             );
+            let mut flags = String::new();
+            if args.wrong_merge {
+                flags.push_str(" --wrong-merge");
+            }
+            if args.strict {
+                flags.push_str(" --strict");
+            }
+            if let Some(l) = args.links {
+                flags.push_str(&format!(
+                    " --links {}",
+                    clap::ValueEnum::to_possible_value(&l)
+                        .map(|v| v.get_name().to_owned())
+                        .unwrap_or_default()
+                ));
+            }
             println!(
-                "     replay: cargo run --release -p simulations -- --scenario {name} --peers {} --seed {seed}{}",
+                "     replay: cargo run --release -p simulations -- --scenario {name} --peers {} --seed {seed}{flags}",
                 args.peers,
-                if args.wrong_merge {
-                    " --wrong-merge"
-                } else {
-                    ""
-                }
             );
         }
     }

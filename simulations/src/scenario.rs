@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lbmesh::mesh::transport::{LinkRules, Links};
 use rand::Rng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,38 @@ pub enum Step {
     /// Faults heal; the mesh must converge, and the registry must hold
     /// exactly what clients were told.
     Quiet,
+    /// A new client registers at a live peer, which crashes the moment it
+    /// has answered; `wipe` loses its disk too.
+    WriteThenCrash { wipe: bool },
+    /// A peer is gone for good, disk and all: it never starts again.
+    Lose { peer: Pick },
+    /// Within this long, every running peer says it has caught up with the
+    /// mesh and holds everything the clients were told.
+    CaughtUp { within_ms: u64 },
+}
+
+/// How messages travel between the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkModel {
+    /// Datagrams, as chitchat's UDP.
+    #[default]
+    Datagrams,
+    /// Connections, as lbmesh's QUIC transport.
+    Quic,
+    /// Connections that outlive a restarted peer until an idle timeout, as
+    /// quinn's defaults did before lbmesh noticed dead incarnations.
+    QuicIdleTimeoutOnly,
+}
+
+impl LinkModel {
+    pub fn links(self) -> Links {
+        match self {
+            LinkModel::Datagrams => Links::Datagrams,
+            LinkModel::Quic => Links::Connections(LinkRules::LBMESH),
+            LinkModel::QuicIdleTimeoutOnly => Links::Connections(LinkRules::IDLE_TIMEOUT_ONLY),
+        }
+    }
 }
 
 /// A named list of steps, and the clock skew of each peer.
@@ -64,6 +97,9 @@ pub struct Scenario {
     /// Clock skew per peer in milliseconds (missing peers: none).
     #[serde(default)]
     pub skew_ms: Vec<i64>,
+    /// How messages travel.
+    #[serde(default)]
+    pub links: LinkModel,
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
 }
@@ -90,7 +126,7 @@ impl Scenario {
     }
 }
 
-pub const BUILT_IN: [&str; 10] = [
+pub const BUILT_IN: [&str; 13] = [
     "basic",
     "crash-restart",
     "partition",
@@ -101,6 +137,9 @@ pub const BUILT_IN: [&str; 10] = [
     "client-failover",
     "thundering-herd",
     "full-restart",
+    "stale-links",
+    "disk-lost-after-ack",
+    "whole-mesh-restart-one-gone",
 ];
 
 fn half(peers: usize) -> (Vec<usize>, Vec<usize>) {
@@ -236,7 +275,62 @@ pub fn built_in(name: &str, peers: usize, rng: &mut SmallRng) -> Option<Scenario
             Delete { fraction: 0.5 },
             Quiet,
         ],
+        // A peer restarts while the others still hold connections to its
+        // previous incarnation: it must hear them within a second.
+        "stale-links" => vec![
+            Clients { n: clients },
+            Quiet,
+            Crash {
+                peer: Pick::Random,
+                wipe: false,
+            },
+            Sleep { ms: 1_000 },
+            Clients { n: 3 },
+            Delete { fraction: 0.2 },
+            Restart,
+            CaughtUp { within_ms: 1_000 },
+            Clients { n: 2 },
+            Quiet,
+            Crash {
+                peer: Pick::VipHolder,
+                wipe: true,
+            },
+            Sleep { ms: 500 },
+            Restart,
+            CaughtUp { within_ms: 1_000 },
+            Quiet,
+        ],
+        "disk-lost-after-ack" => vec![
+            Clients { n: clients },
+            Quiet,
+            WriteThenCrash { wipe: true },
+            Sleep { ms: 500 },
+            Restart,
+            CaughtUp { within_ms: 2_000 },
+            Quiet,
+            WriteThenCrash { wipe: true },
+            WriteThenCrash { wipe: false },
+            Restart,
+            Quiet,
+        ],
+        "whole-mesh-restart-one-gone" => vec![
+            Clients { n: clients },
+            Quiet,
+            Lose { peer: Pick::Random },
+            Clients { n: 3 },
+            Delete { fraction: 0.2 },
+            FullRestart,
+            CaughtUp { within_ms: 15_000 },
+            Quiet,
+            Renew,
+            Quiet,
+        ],
         _ => return None,
+    };
+    let links = if name == "stale-links" {
+        LinkModel::Quic
+    } else {
+        LinkModel::Datagrams
     };
     // Clocks a few seconds apart in the skew scenario; within a second elsewhere.
     let spread = if name == "clock-skew" { 3_000 } else { 300 };
@@ -246,6 +340,7 @@ pub fn built_in(name: &str, peers: usize, rng: &mut SmallRng) -> Option<Scenario
     Some(Scenario {
         name: name.into(),
         skew_ms,
+        links,
         steps,
     })
 }
@@ -280,5 +375,12 @@ mod tests {
             }
         );
         assert!(Scenario::from_toml("name = \"x\"\n[[step]]\naction = \"explode\"\n").is_err());
+        let s = Scenario::from_toml(
+            "name = \"q\"\nlinks = \"quic\"\n[[step]]\naction = \"write-then-crash\"\nwipe = true\n\
+             [[step]]\naction = \"lose\"\npeer = \"random\"\n[[step]]\naction = \"caught-up\"\nwithin_ms = 900\n",
+        )
+        .unwrap();
+        assert_eq!(s.links, LinkModel::Quic);
+        assert_eq!(s.steps[2], Step::CaughtUp { within_ms: 900 });
     }
 }

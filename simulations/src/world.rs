@@ -17,7 +17,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::scenario::{CONVERGE_WITHIN, Pick, Scenario, Step};
+use crate::scenario::{CONVERGE_WITHIN, LinkModel, Pick, Scenario, Step};
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -31,6 +31,12 @@ pub struct RunConfig {
     /// The VIP holder must serve every change older than this, once the
     /// network has been calm since the change.
     pub vip_bound: Duration,
+    /// How messages travel, instead of the scenario's choice.
+    pub links: Option<LinkModel>,
+    /// No acknowledged write may be lost, even with a disk: without it, a
+    /// write held only by a disk that is lost (or only in the memory of
+    /// peers that all restart) may be gone.
+    pub strict: bool,
 }
 
 /// A broken invariant, with where it broke.
@@ -99,6 +105,19 @@ struct Acked {
     expect: Expect,
     /// For deletes: the delete's stamp and peer, to tell whether a later add saw it.
     delete: Option<(Stamp, usize)>,
+    /// The peer that acknowledged it.
+    peer: usize,
+}
+
+/// Which acknowledged writes a check covers, and on which peers.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// Every running peer, every write.
+    Everyone,
+    /// The VIP holder, writes since the network calmed down older than the bound.
+    VipHolder(usize, Duration),
+    /// One peer, every write.
+    Peer(usize),
 }
 
 pub struct World {
@@ -109,6 +128,8 @@ pub struct World {
     clients: Vec<Client>,
     oracle: BTreeMap<Key, Acked>,
     crashed: BTreeSet<usize>,
+    /// Peers gone for good.
+    gone: BTreeSet<usize>,
     /// Whether a network fault is active, and since when the network is calm.
     faulty: bool,
     calm_since: Instant,
@@ -143,6 +164,9 @@ impl World {
         };
         let start_ms = settings.start_ms;
         let mut cluster = Cluster::start(base, 0, cfg.seed, settings).await?;
+        cluster
+            .net
+            .set_links(cfg.links.unwrap_or(scenario.links).links());
         let mut max_abs_skew = 0i64;
         for i in 0..cfg.peers {
             let skew = scenario.skew_ms.get(i).copied().unwrap_or(0);
@@ -156,6 +180,7 @@ impl World {
             clients: Vec::new(),
             oracle: BTreeMap::new(),
             crashed: BTreeSet::new(),
+            gone: BTreeSet::new(),
             faulty: false,
             calm_since: Instant::now(),
             partitions: false,
@@ -170,15 +195,31 @@ impl World {
 
     fn up(&self) -> Vec<usize> {
         (0..self.cluster.nodes.len())
-            .filter(|i| !self.crashed.contains(i))
+            .filter(|i| !self.crashed.contains(i) && !self.gone.contains(i))
             .collect()
+    }
+
+    /// Whether running peer `p` says it has caught up with the mesh.
+    fn caught_up(&self, p: usize) -> bool {
+        self.cluster.nodes[p]
+            .mesh()
+            .view()
+            .snapshot()
+            .state
+            .caught_up
+    }
+
+    /// The peer keepalived lets hold the VIP: the lowest-numbered running
+    /// peer that has caught up (the others fail the check).
+    fn vip_holder(&self) -> Option<usize> {
+        self.up().into_iter().find(|p| self.caught_up(*p))
     }
 
     fn pick(&mut self, p: Pick) -> Option<usize> {
         let up = self.up();
         match p {
             Pick::Random => up.choose(&mut self.rng).copied(),
-            Pick::VipHolder => up.first().copied(),
+            Pick::VipHolder => self.vip_holder(),
             Pick::Index(i) => up.contains(&i).then_some(i),
         }
     }
@@ -190,23 +231,32 @@ impl World {
     /// A client's call at the first live peer in its order. Records what the
     /// client was told in the oracle.
     async fn call(&mut self, c: usize, delete: bool) -> Result<(), String> {
+        self.call_at(c, delete, None).await.map(|_| ())
+    }
+
+    /// A client's call at peer `at`, or where the client would call.
+    /// Returns the peer that answered.
+    async fn call_at(
+        &mut self,
+        c: usize,
+        delete: bool,
+        at: Option<usize>,
+    ) -> Result<Option<usize>, String> {
         let client = self.clients[c].clone();
         let key = client.key();
         // Half the calls go to the client's own peer (failing over past dead
         // ones), half to any live peer, as when clients call the VIP or a
         // list of peers: an add and its delete often land on different peers.
         let up = self.up();
-        let peer = if self.rng.random_bool(0.5) {
+        let peer = if at.is_some() {
+            at
+        } else if self.rng.random_bool(0.5) {
             up.choose(&mut self.rng).copied()
         } else {
-            client
-                .peers
-                .iter()
-                .copied()
-                .find(|p| !self.crashed.contains(p))
+            client.peers.iter().copied().find(|p| up.contains(p))
         };
         let Some(peer) = peer else {
-            return Ok(()); // every peer down: the client gets no answer
+            return Ok(None); // every peer down: the client gets no answer
         };
         let cmd = if delete {
             Command::Delete {
@@ -240,6 +290,7 @@ impl World {
                 at: now,
                 expect: Expect::Gone,
                 delete: Some((change.entry.stamp, peer)),
+                peer,
             }
         } else {
             // An add racing a delete it had not seen, within the skew the
@@ -267,13 +318,14 @@ impl World {
                     Expect::Served { until_ms, last_ms }
                 },
                 delete: None,
+                peer,
             }
         };
         if change.outcome == lbmesh::registry::Outcome::Absent && !delete {
             return Err("an add answered absent".into());
         }
         self.oracle.insert(key, acked);
-        Ok(())
+        Ok(Some(peer))
     }
 
     fn new_client(&mut self) -> usize {
@@ -366,6 +418,61 @@ impl World {
                     }
                 }
             }
+            Step::WriteThenCrash { wipe } => {
+                let up = self.up();
+                if up.len() > 1 {
+                    let at = up.choose(&mut self.rng).copied();
+                    let c = self.new_client();
+                    if let Some(p) = self.call_at(c, false, at).await.map_err(v)? {
+                        self.cluster.kill(p).await;
+                        self.crashed.insert(p);
+                        if *wipe {
+                            self.wipe(p);
+                        }
+                        self.fault_changed(true);
+                    }
+                }
+            }
+            Step::Lose { peer } => {
+                if let Some(p) = self.pick(*peer) {
+                    if self.up().len() > 1 {
+                        self.cluster.kill(p).await;
+                        self.wipe(p);
+                        self.gone.insert(p);
+                    }
+                }
+            }
+            Step::CaughtUp { within_ms } => {
+                let within = Duration::from_millis(*within_ms);
+                let start = Instant::now();
+                for p in self.up() {
+                    loop {
+                        if self.caught_up(p) && self.check_oracle(Scope::Peer(p)).is_ok() {
+                            break;
+                        }
+                        if start.elapsed() > within {
+                            let snap = self.cluster.nodes[p].mesh().view().snapshot();
+                            let why = match &snap.state.catching_up {
+                                Some(why) => format!("it has not caught up: {why}"),
+                                None => self
+                                    .check_oracle(Scope::Peer(p))
+                                    .err()
+                                    .unwrap_or_else(|| "it has not caught up".into()),
+                            };
+                            return Err(v(format!(
+                                "p{p} was not in step with the mesh within {within:?}: {why}"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                if self.cfg.verbose {
+                    println!(
+                        "           every running peer caught up after {:.2} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
             Step::Restart => {
                 for p in std::mem::take(&mut self.crashed) {
                     self.cluster
@@ -378,6 +485,16 @@ impl World {
             Step::FullRestart => {
                 for p in self.up() {
                     self.cluster.kill(p).await;
+                }
+                if !self.cfg.strict {
+                    // Each peer's disk holds only what it accepted: what a
+                    // peer that is not coming back accepted lived only in
+                    // memory elsewhere.
+                    for a in self.oracle.values_mut() {
+                        if self.gone.contains(&a.peer) || self.crashed.contains(&a.peer) {
+                            a.expect = Expect::Either;
+                        }
+                    }
                 }
                 for p in self.up() {
                     self.cluster
@@ -450,7 +567,7 @@ impl World {
                         start.elapsed().as_secs_f64()
                     );
                 }
-                self.check_oracle(None).map_err(v)?;
+                self.check_oracle(Scope::Everyone).map_err(v)?;
             }
         }
         Ok(())
@@ -469,9 +586,13 @@ impl World {
         self.calm_since = Instant::now();
     }
 
-    /// Loses a peer's disk. Writes only it had are then lost as well: a
-    /// client told "stored" for those may see them gone.
+    /// Loses a peer's disk. Unless strict, writes only it had are then lost
+    /// as well: a client told "stored" for those may see them gone.
     fn wipe(&mut self, p: usize) {
+        if self.cfg.strict {
+            self.cluster.wipe(p);
+            return;
+        }
         let others: Vec<RegistryView> = self
             .up()
             .iter()
@@ -526,17 +647,16 @@ impl World {
         d.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2)
     }
 
-    /// Checks that `peer`'s view (every live peer's, if None) holds what the
-    /// clients were told. Only changes older than `older_than` count.
-    fn check_oracle(&self, only: Option<(usize, Duration)>) -> Result<(), String> {
+    /// Checks that the peers in `scope` hold what the clients were told.
+    fn check_oracle(&self, scope: Scope) -> Result<(), String> {
         let now_ms = self.clock.now_ms();
         let margin = (self.max_abs_skew * 2 + Duration::from_secs(1)).as_millis() as u64;
-        let views: Vec<(usize, RegistryView)> = match only {
-            Some((p, _)) => vec![(p, self.cluster.nodes[p].view())],
-            None => self.views(),
+        let views: Vec<(usize, RegistryView)> = match scope {
+            Scope::Everyone => self.views(),
+            Scope::VipHolder(p, _) | Scope::Peer(p) => vec![(p, self.cluster.nodes[p].view())],
         };
         for (key, acked) in &self.oracle {
-            if let Some((_, bound)) = only {
+            if let Scope::VipHolder(_, bound) = scope {
                 if acked.at < self.calm_since || acked.at.elapsed() < bound {
                     continue;
                 }
@@ -584,8 +704,8 @@ impl World {
         }
         // The VIP holder serves every change older than the bound, once calm.
         if !self.faulty {
-            if let Some(holder) = self.up().first().copied() {
-                self.check_oracle(Some((holder, self.cfg.vip_bound)))
+            if let Some(holder) = self.vip_holder() {
+                self.check_oracle(Scope::VipHolder(holder, self.cfg.vip_bound))
                     .map_err(|e| {
                         violation(
                             i,
@@ -682,6 +802,8 @@ mod tests {
             wrong_merge,
             verbose: false,
             vip_bound: Duration::from_secs(5),
+            links: None,
+            strict: false,
         }
     }
 
@@ -691,7 +813,7 @@ mod tests {
 
     #[test]
     fn a_seed_replays_exactly() {
-        for name in ["partition", "lossy", "crash-restart"] {
+        for name in ["partition", "lossy", "crash-restart", "stale-links"] {
             let a = run(&scenario(name, 7), &cfg(7, false));
             let b = run(&scenario(name, 7), &cfg(7, false));
             assert_eq!(a.trace, b.trace, "{name}: same seed, different run");
@@ -717,6 +839,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn connections_that_outlive_a_restarted_peer_are_caught_and_lbmesh_rules_pass() {
+        let deaf = RunConfig {
+            links: Some(LinkModel::QuicIdleTimeoutOnly),
+            ..cfg(4, false)
+        };
+        let v = run(&scenario("stale-links", 4), &deaf)
+            .violation
+            .expect("a restarted peer that hears nobody for 15 s must be caught");
+        assert!(v.what.contains("has not caught up"), "{v:?}");
+        assert!(matches!(
+            scenario("stale-links", 4).steps[v.step],
+            Step::CaughtUp { .. }
+        ));
+        let out = run(&scenario("stale-links", 4), &cfg(4, false));
+        assert!(out.violation.is_none(), "{:?}", out.violation);
     }
 
     #[test]

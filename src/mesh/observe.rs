@@ -116,14 +116,22 @@ impl Observe {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let poke = self.poke.clone();
+        // A closed channel only means no more changes from there.
+        let (mut apply_open, mut vrrp_open) = (true, true);
         loop {
             let poked = tokio::select! {
                 // Fixed branch order: seeded simulations replay exactly.
                 biased;
                 () = poke.notified() => true,
                 _ = tick.tick() => false,
-                r = self.apply.changed() => if r.is_err() { return } else { false },
-                r = self.vrrp.changed() => if r.is_err() { return } else { false },
+                r = self.apply.changed(), if apply_open => {
+                    apply_open = r.is_ok();
+                    false
+                }
+                r = self.vrrp.changed(), if vrrp_open => {
+                    vrrp_open = r.is_ok();
+                    false
+                }
                 () = crate::shutdown::signalled(&mut shutdown) => return,
             };
             self.step(poked).await;

@@ -1,5 +1,6 @@
 //! Transports for gossip: chitchat's UDP, and an in-memory network with
-//! partitions, loss and delay for tests and simulations.
+//! partitions, loss, delay and (optionally) connections for tests and
+//! simulations.
 //!
 //! Why chitchat 0.11: from 0.12 on the message codec is private to the crate,
 //! so no transport can be written outside it; 0.11 exposes
@@ -25,6 +26,61 @@ pub const MAX_MESSAGE: usize = 65_507;
 
 type Inbox = mpsc::UnboundedSender<(SocketAddr, ChitchatMessage)>;
 
+/// How messages travel in a [`MemoryNetwork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Links {
+    /// Datagrams, as UDP: a message reaches whoever listens at its address now.
+    #[default]
+    Datagrams,
+    /// Connections, as QUIC: a message travels on a connection opened to one
+    /// socket (one incarnation of a peer); after that peer restarts, the
+    /// connection leads nowhere until it is noticed, by these rules.
+    Connections(LinkRules),
+}
+
+/// How a connection to a dead incarnation is noticed (see [`super::quic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkRules {
+    /// The restarted peer resets a connection to its predecessor at its
+    /// first packet (a stateless reset): that message is lost, the next one
+    /// opens a new connection.
+    pub reset: bool,
+    /// A message leaves on the newest connection with its destination,
+    /// whichever side opened it (otherwise on one this side opened).
+    pub newest: bool,
+    /// A connection to a dead incarnation is dropped once nothing has got
+    /// through it for this long.
+    pub idle_timeout: Duration,
+}
+
+impl LinkRules {
+    /// lbmesh's QUIC transport.
+    pub const LBMESH: LinkRules = LinkRules {
+        reset: true,
+        newest: true,
+        idle_timeout: Duration::from_secs(2),
+    };
+    /// quinn's defaults as lbmesh first used them: a restarted peer is not
+    /// heard until the 15 s idle timeout.
+    pub const IDLE_TIMEOUT_ONLY: LinkRules = LinkRules {
+        reset: false,
+        newest: false,
+        idle_timeout: Duration::from_secs(15),
+    };
+}
+
+/// One end of a connection: an address and the socket (incarnation) there.
+type End = (SocketAddr, u64);
+
+/// A connection between two sockets, opened by `from`.
+struct Conn {
+    from: End,
+    to: End,
+    opened: tokio::time::Instant,
+    /// When a message last got through.
+    last_ok: tokio::time::Instant,
+}
+
 struct NetState {
     /// Open sockets, each with an id so a closing socket never removes its successor.
     sockets: HashMap<SocketAddr, (u64, Inbox)>,
@@ -33,6 +89,8 @@ struct NetState {
     blocked: HashSet<(SocketAddr, SocketAddr)>,
     loss: f64,
     delay: Range<Duration>,
+    links: Links,
+    conns: Vec<Conn>,
     rng: SmallRng,
     sent: u64,
     dropped: u64,
@@ -56,6 +114,8 @@ impl MemoryNetwork {
                 blocked: HashSet::new(),
                 loss: 0.0,
                 delay: Duration::ZERO..Duration::ZERO,
+                links: Links::Datagrams,
+                conns: Vec::new(),
                 rng: SmallRng::seed_from_u64(seed),
                 sent: 0,
                 dropped: 0,
@@ -98,12 +158,20 @@ impl MemoryNetwork {
         self.with(|s| s.delay = range);
     }
 
+    /// How messages travel from now on.
+    pub fn set_links(&self, links: Links) {
+        self.with(|s| {
+            s.links = links;
+            s.conns.clear();
+        });
+    }
+
     /// (messages sent, messages dropped, bytes sent).
     pub fn counters(&self) -> (u64, u64, u64) {
         self.with(|s| (s.sent, s.dropped, s.bytes))
     }
 
-    fn send(&self, from: SocketAddr, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+    fn send(&self, from: End, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
         // Through the wire format, as a real transport would.
         let bytes = msg.serialize_to_vec();
         anyhow::ensure!(
@@ -116,7 +184,7 @@ impl MemoryNetwork {
             s.sent += 1;
             s.bytes += bytes.len() as u64;
             let lost = s.loss > 0.0 && s.rng.random_bool(s.loss);
-            if lost || s.blocked.contains(&(from, to)) {
+            if lost || s.blocked.contains(&(from.0, to)) || !s.link_carries(from, to) {
                 s.dropped += 1;
                 return None;
             }
@@ -128,6 +196,7 @@ impl MemoryNetwork {
             Some((s.sockets.get(&to).map(|(_, tx)| tx.clone()), delay))
         });
         if let Some((Some(inbox), delay)) = decision {
+            let from = from.0;
             if delay.is_zero() {
                 let _ = inbox.send((from, msg));
             } else {
@@ -138,6 +207,54 @@ impl MemoryNetwork {
             }
         }
         Ok(())
+    }
+}
+
+impl NetState {
+    /// Whether a message from socket `from` to address `to` gets there, by
+    /// the connection it would travel on (always, for datagrams).
+    fn link_carries(&mut self, from: End, to: SocketAddr) -> bool {
+        let Links::Connections(rules) = self.links else {
+            return true;
+        };
+        let now = tokio::time::Instant::now();
+        let there = self.sockets.get(&to).map(|(id, _)| *id);
+        // The newest connection this socket may send on, and its other end.
+        let chosen = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                if c.from == from && c.to.0 == to {
+                    Some((i, c.to.1))
+                } else if rules.newest && c.to == from && c.from.0 == to {
+                    Some((i, c.from.1))
+                } else {
+                    None
+                }
+            })
+            .max_by_key(|(i, _)| self.conns[*i].opened);
+        let Some((i, remote)) = chosen else {
+            // Nobody listens there: the handshake fails, the message is dropped.
+            let Some(id) = there else { return false };
+            self.conns.push(Conn {
+                from,
+                to: (to, id),
+                opened: now,
+                last_ok: now,
+            });
+            return true;
+        };
+        if there == Some(remote) {
+            self.conns[i].last_ok = now;
+            return true;
+        }
+        // The other end is a dead incarnation.
+        let idle = now.duration_since(self.conns[i].last_ok) >= rules.idle_timeout;
+        if (rules.reset && there.is_some()) || idle {
+            self.conns.swap_remove(i);
+        }
+        false
     }
 }
 
@@ -172,7 +289,7 @@ struct MemorySocket {
 #[async_trait]
 impl Socket for MemorySocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
-        self.net.send(self.addr, to, msg)
+        self.net.send((self.addr, self.id), to, msg)
     }
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
@@ -192,6 +309,11 @@ impl Drop for MemorySocket {
             {
                 s.sockets.remove(&self.addr);
             }
+            // Connections whose ends are both gone are forgotten; one whose
+            // other end lives on stays, until that end notices.
+            let NetState { sockets, conns, .. } = s;
+            let alive = |e: &End| sockets.get(&e.0).is_some_and(|(id, _)| *id == e.1);
+            conns.retain(|c| alive(&c.from) || alive(&c.to));
         });
     }
 }
