@@ -9,9 +9,14 @@ run, so the ratio between them is fair on a noisy machine:
 * steady-state gossip bytes/s and CPU per peer with 1,000 and 10,000 servers
   registered (loopback capture with tcpdump; /proc CPU times);
 * catch-up (QUIC): a new peer joining a mesh that holds 10,000 servers, until
-  its registry digest equals the others'.
+  its registry digest equals the others';
+* restart: a peer killed with SIGKILL and started again 1 s later (a write
+  made meanwhile elsewhere), until it says it has caught up and until it
+  holds the mesh's registry; UDP and QUIC meshes run side by side and the
+  restarts alternate between them, for 3 and 5 peers.
 
 Usage: bench/mesh.py [--bin target/release/lbmesh] [--samples 200] [--quick]
+                     [--only restart]
 Needs root for tcpdump; uses only 127.0.0.0/8.
 """
 
@@ -77,7 +82,7 @@ class Keepalive:
 
 
 class Mesh:
-    def __init__(self, binary, n, transport, root):
+    def __init__(self, binary, n, transport, root, subnet=10):
         self.binary, self.n, self.transport = binary, n, transport
         self.dir = tempfile.mkdtemp(prefix=f"lbmesh-bench-{transport}-", dir=root)
         with open(os.path.join(self.dir, "token"), "w") as f:
@@ -88,7 +93,7 @@ class Mesh:
         self.peers = []
         self.procs = {}
         for i in range(n + 1):  # one spare peer for the catch-up
-            ip = f"127.0.{10 + i}.1"
+            ip = f"127.{subnet}.{10 + i}.1"
             self.peers.append({"i": i, "ip": ip, "api": free_port(ip),
                                "gossip": free_port(ip, socket.SOCK_DGRAM),
                                "data": os.path.join(self.dir, f"lb{i + 1}")})
@@ -103,8 +108,10 @@ class Mesh:
         node = f"lb{i + 1}"
         mesh = f'transport = "{self.transport}"\n'
         if self.transport == "quic":
-            subprocess.run([self.binary, "ca", "issue", "--dir", self.ca, "--node-id", node],
-                           check=True, capture_output=True)
+            # Issued once: a restart keeps the peer's key, as on a real VM.
+            if not os.path.exists(os.path.join(self.ca, f"{node}.crt")):
+                subprocess.run([self.binary, "ca", "issue", "--dir", self.ca, "--node-id", node],
+                               check=True, capture_output=True)
             mesh += (f'ca-cert = "{self.ca}/ca.crt"\ncert = "{self.ca}/{node}.crt"\n'
                      f'key = "{self.ca}/{node}.key"\n')
         path = os.path.join(self.dir, f"{node}.toml")
@@ -290,16 +297,80 @@ def catch_up(m):
     raise RuntimeError("the new peer did not catch up within 120 s")
 
 
+def restart_once(m, victim, k):
+    """SIGKILL peer `victim`, write elsewhere, start it 1 s later; seconds
+    from its start until it says it caught up, and until it holds the
+    mesh's registry."""
+    m.procs[victim].kill()
+    m.procs[victim].wait()
+    time.sleep(1)
+    http("POST", m.url(0, "/hooks/update-haproxy"),
+         {"name": "restart", "frontend-port": "40999", "backend-port": str(30000 + k % 1000),
+          "dst-ip": f"198.20.{k // 250}.{k % 250 + 1}", "action": "add"})
+    want = m.status(0)["registry"]["digest"]
+    t0 = time.time()
+    m.start(victim)
+    caught = holds = None
+    while time.time() - t0 < 60:
+        try:
+            s = m.status(victim)
+            now = time.time() - t0
+            if caught is None and s.get("mesh", {}).get("caught_up"):
+                caught = now
+            if holds is None and s["registry"]["digest"] == want:
+                holds = now
+            if caught is not None and holds is not None:
+                return caught, holds
+        except Exception:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"lb{victim + 1} did not catch up within 60 s")
+
+
+def restarts(binary, root, samples):
+    """Restart to caught-up, UDP and QUIC side by side, 3 and 5 peers."""
+    out = {}
+    for n in (3, 5):
+        meshes = {t: Mesh(binary, n, t, root, subnet=20 + i) for i, t in enumerate(("udp", "quic"))}
+        try:
+            got = {t: [] for t in meshes}
+            for k in range(samples):
+                for t, m in meshes.items():
+                    got[t].append(restart_once(m, 1 + k % (n - 1), k))
+            for t, xs in got.items():
+                c = [x[0] for x in xs]
+                h = [x[1] for x in xs]
+                out[f"restart_{t}_{n}"] = (pct(c, .5), max(c), pct(h, .5), max(h))
+                print(f"restart {t:>4} {n} peers: caught up p50 {pct(c, .5):.2f} s max {max(c):.2f} s;"
+                      f" holds the registry p50 {pct(h, .5):.2f} s max {max(h):.2f} s ({len(xs)} restarts)",
+                      flush=True)
+            u, q = out[f"restart_udp_{n}"], out[f"restart_quic_{n}"]
+            print(f"restart ratio quic/udp, {n} peers: caught up p50 {q[0] / u[0]:.2f} max {q[1] / u[1]:.2f};"
+                  f" holds p50 {q[2] / u[2]:.2f} max {q[3] / u[3]:.2f}", flush=True)
+        finally:
+            for m in meshes.values():
+                m.stop()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/lbmesh")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="fewer samples and servers, for a smoke run")
+    ap.add_argument("--only", choices=["restart"], help="run only this part")
+    ap.add_argument("--restarts", type=int, default=12, help="restarts per transport and mesh size")
     a = ap.parse_args()
     samples = 30 if a.quick else a.samples
     big = 2000 if a.quick else 10000
     root = tempfile.mkdtemp(prefix="lbmesh-bench-")
     results = {}
+    if a.only == "restart":
+        try:
+            print(json.dumps(restarts(a.bin, root, 4 if a.quick else a.restarts)))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     try:
         for transport in ("udp", "quic"):
             for n in (3, 5):
@@ -330,6 +401,7 @@ def main():
         for n in (3, 5):
             u, q = results[f"prop_udp_{n}"][1], results[f"prop_quic_{n}"][1]
             print(f"propagation p99 ratio quic/udp, {n} peers: {q / u:.2f}")
+        results.update(restarts(a.bin, root, 4 if a.quick else a.restarts))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({k: v for k, v in results.items()}))

@@ -202,6 +202,16 @@ impl Mesh {
             entries = own.len(),
             "joined the mesh"
         );
+        // What peers publish about catching up wakes the mesh task.
+        let observe_wake = Arc::new(Notify::new());
+        {
+            let wake = observe_wake.clone();
+            chitchat
+                .lock()
+                .await
+                .subscribe_event(snapshot::META_SYNC, move |_| wake.notify_one())
+                .forever();
+        }
         let holds = Arc::new(ArcSwap::from_pointee(BTreeMap::new()));
         let current = Arc::new(ArcSwap::from_pointee(MeshSnapshot::default()));
         let (updates_tx, updates) = watch::channel(0);
@@ -224,6 +234,7 @@ impl Mesh {
             snapshot: current.clone(),
             updates: updates_tx,
             poke: poke.clone(),
+            wake: observe_wake.clone(),
             metrics: settings.metrics.clone(),
             digest: None,
             published: None,
@@ -271,6 +282,7 @@ impl Mesh {
                     registry,
                     wake,
                     holds,
+                    held: observe_wake,
                     metrics: settings.metrics.clone(),
                     stored: stored_tx,
                 },

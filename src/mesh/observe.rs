@@ -27,6 +27,10 @@ use crate::status::PeerStatus;
 /// How often the snapshot is computed when nothing wakes the task sooner.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A peer whose generation (its start, Unix ms) is this recent may be
+/// catching up before it looks live.
+const JUST_STARTED: u64 = 60_000;
+
 /// A changed registry digest is recomputed at most this often unless someone
 /// waits for it (a summary of a big registry is not free).
 const DIGEST_EVERY: Duration = Duration::from_millis(250);
@@ -55,6 +59,8 @@ pub(super) struct Observe {
     pub updates: watch::Sender<u64>,
     /// Asks for a snapshot at once (someone waits for a fresh one).
     pub poke: Arc<Notify>,
+    /// Asks for a snapshot soon: what a peer holds or published changed.
+    pub wake: Arc<Notify>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub digest: Option<OwnDigest>,
     /// The sync state last published.
@@ -115,7 +121,7 @@ impl Observe {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let poke = self.poke.clone();
+        let (poke, wake) = (self.poke.clone(), self.wake.clone());
         // A closed channel only means no more changes from there.
         let (mut apply_open, mut vrrp_open) = (true, true);
         loop {
@@ -123,6 +129,7 @@ impl Observe {
                 // Fixed branch order: seeded simulations replay exactly.
                 biased;
                 () = poke.notified() => true,
+                () = wake.notified() => false,
                 _ = tick.tick() => false,
                 r = self.apply.changed(), if apply_open => {
                     apply_open = r.is_ok();
@@ -205,6 +212,7 @@ impl Observe {
             }
         };
         let prev = self.snapshot.load_full();
+        let now_ms = self.registry.now_ms();
         let chitchat = self.handle.chitchat();
         let (snap, push_to) = {
             let mut cc = chitchat.lock().await;
@@ -260,7 +268,11 @@ impl Observe {
                 .map(|(id, state)| {
                     let sync = state.get(META_SYNC).and_then(|v| SyncState::decode(v).ok());
                     let is_live = live.contains(id);
-                    if is_live && !sync.as_ref().is_some_and(|s| s.caught_up) {
+                    // A restarted peer looks live only after a few rounds, and
+                    // needs the list at once. (A generation is its start in
+                    // Unix ms: a dead peer that never caught up stays out.)
+                    let just_started = id.generation_id + JUST_STARTED >= now_ms;
+                    if (is_live || just_started) && !sync.as_ref().is_some_and(|s| s.caught_up) {
                         catching_up.push(id.gossip_advertise_addr);
                     }
                     Observed {
@@ -279,7 +291,7 @@ impl Observe {
             let snap = snapshot::next(
                 &prev,
                 &Observation {
-                    now_ms: self.registry.now_ms(),
+                    now_ms,
                     me,
                     others,
                     holds: holds.clone(),

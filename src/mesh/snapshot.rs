@@ -9,8 +9,8 @@
 //! newest chitchat version among their entry keys). chitchat sends a node's
 //! keys in version order, so holding version `v` of an incarnation means
 //! holding all its keys up to `v`. A starting peer has caught up once it
-//! holds everything a live, caught-up peer published after it had heard of
-//! this incarnation.
+//! holds everything a caught-up peer listed after it had heard of this
+//! incarnation.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub type Incarnation = (String, u64);
 pub enum CaughtUp {
     /// It has no seed but itself: a single peer is never held back.
     NoSeeds,
-    /// It holds everything this live, caught-up peer held once it knew of it.
+    /// It holds everything this caught-up peer held once it knew of it.
     Peer { peer: String },
     /// Every live peer started recently and none had caught up: it holds
     /// what each of them held, which is all the mesh kept.
@@ -278,7 +278,10 @@ fn catch_up(prev: &MeshState, seen: &Observation, rule: &CatchUpRule) -> Result<
     let me: Incarnation = (seen.me.node_id.clone(), seen.me.incarnation);
     let live: Vec<&Observed> = seen.others.iter().filter(|o| o.status.live).collect();
     let held = |o: &Observed| o.sync.as_ref().is_some_and(|s| s.held_by(&seen.holds, &me));
-    if let Some(o) = live
+    // A list that names this incarnation was made after this peer started:
+    // its maker was alive then, whether or not it looks live yet.
+    if let Some(o) = seen
+        .others
         .iter()
         .find(|o| o.sync.as_ref().is_some_and(|s| s.caught_up) && held(o))
     {
@@ -550,15 +553,15 @@ mod tests {
                 true,
                 None,
             ),
-            // … a dead one neither …
+            // … one not seen live yet counts once its list names this peer …
             (
                 vec![peer("lb1", false, sync(true, &[me]))],
                 vec![],
                 1,
                 true,
-                None,
+                Some(CaughtUp::Peer { peer: "lb1".into() }),
             ),
-            // … nor one that published nothing readable.
+            // … one that published nothing readable does not.
             (vec![peer("lb1", true, None)], vec![], 1, true, None),
             // Whole-mesh restart: every seed live, holding every live peer's list.
             (

@@ -35,6 +35,8 @@ pub(super) struct Sync {
     pub wake: Arc<Notify>,
     /// How far this peer holds every other incarnation's entries.
     pub holds: Arc<ArcSwap<BTreeMap<Incarnation, u64>>>,
+    /// Wakes the mesh task when that changed.
+    pub held: Arc<Notify>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Where merged entries go to be acknowledged once on disk.
     pub stored: mpsc::UnboundedSender<super::ack::Stored>,
@@ -79,6 +81,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
         registry,
         wake,
         holds,
+        held,
         metrics,
         stored,
     } = task;
@@ -216,6 +219,7 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                     .map(|(id, s)| ((id.node_id.to_string(), id.generation_id), s.entry_version))
                     .collect(),
             ));
+            held.notify_one();
         }
         if !changes.is_empty() {
             let now = registry.now_ms();

@@ -384,13 +384,24 @@ impl Lab {
         assert!(conf.contains("unicast_peer"), "{conf}");
         let path = lb.dir.join("keepalived.conf");
         std::fs::write(&path, conf).unwrap();
+        self.spawn_keepalived(i);
+    }
+
+    /// Runs keepalived with the config [`Lab::start_keepalived`] wrote.
+    pub fn spawn_keepalived(&mut self, i: usize) {
+        let lb = &self.lbs[i];
+        let path = lb.dir.join("keepalived.conf");
         let pid = |n: &str| lb.dir.join(format!("keepalived-{n}.pid"));
         // A crashed keepalived's children may not be reaped yet: keepalived
         // would take their pid files for a daemon still running and exit.
         for n in ["main", "vrrp", "checkers"] {
             let _ = std::fs::remove_file(pid(n));
         }
-        let log = std::fs::File::create(lb.dir.join("keepalived.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(lb.dir.join("keepalived.log"))
+            .unwrap();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -609,6 +620,27 @@ impl Lab {
         gone
     }
 
+    /// A hard crash as a VM dies: every process in it frozen (SIGSTOP), its
+    /// link cut, then every process killed. Returns the instant (Unix
+    /// seconds) it froze.
+    pub fn hard_crash(&mut self, i: usize) -> f64 {
+        let lb = &mut self.lbs[i];
+        let frozen = now();
+        signal_all(&ns_pids(&lb.ns), "STOP");
+        ip(&["-n", &lb.ns, "link", "set", "eth0", "down"]);
+        kill_namespace(&lb.ns);
+        lb.reap();
+        frozen
+    }
+
+    /// A crashed VM boots: link up, then lbmesh and keepalived (with the
+    /// config it had) start together, as systemd starts them.
+    pub fn boot(&mut self, i: usize) {
+        ip(&["-n", &self.lbs[i].ns, "link", "set", "eth0", "up"]);
+        self.start_lbmesh(i);
+        self.spawn_keepalived(i);
+    }
+
     /// Brings a crashed load balancer back: link up, lbmesh, keepalived (once
     /// the mesh sees every peer, so its VRRP peers are complete).
     pub fn recover(&mut self, i: usize) {
@@ -820,6 +852,18 @@ fn ns_pids(ns: &str) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Sends `sig` to every process in `pids` with one `kill`.
+fn signal_all(pids: &[u32], sig: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn kill_namespace(ns: &str) {
