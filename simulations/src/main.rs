@@ -56,10 +56,10 @@ struct Args {
     /// How messages travel, for every scenario (default: each scenario's own).
     #[arg(long, value_enum)]
     links: Option<LinkModel>,
-    /// No acknowledged write may be lost, even with its disk (needs writes
-    /// acknowledged once another peer holds them).
+    /// Peers acknowledge a write once it is on their own disk (`registry.ack
+    /// = "local"`); a write only a lost disk held may then be lost.
     #[arg(long)]
-    strict: bool,
+    ack_local: bool,
     /// The VIP holder must serve every change older than this (milliseconds).
     #[arg(long, default_value_t = 5_000)]
     vip_bound_ms: u64,
@@ -188,7 +188,7 @@ fn main() -> ExitCode {
                         verbose: replay,
                         vip_bound: Duration::from_millis(args.vip_bound_ms),
                         links: args.links,
-                        strict: args.strict,
+                        ack_local: args.ack_local,
                     };
                     if replay {
                         println!(
@@ -229,8 +229,8 @@ fn main() -> ExitCode {
             if args.wrong_merge {
                 flags.push_str(" --wrong-merge");
             }
-            if args.strict {
-                flags.push_str(" --strict");
+            if args.ack_local {
+                flags.push_str(" --ack-local");
             }
             if let Some(l) = args.links {
                 flags.push_str(&format!(

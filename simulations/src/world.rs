@@ -12,6 +12,7 @@ use lbmesh::clock::{Clock, Stamp, TokioClock};
 use lbmesh::haproxy::render::{RenderSettings, render};
 use lbmesh::mesh::cluster::{Cluster, ClusterSettings};
 use lbmesh::registry::{Command, Durability, Key, Limits, RegistryView, ServiceName};
+use lbmesh::shared::{AckMode, AckPolicy};
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -33,10 +34,11 @@ pub struct RunConfig {
     pub vip_bound: Duration,
     /// How messages travel, instead of the scenario's choice.
     pub links: Option<LinkModel>,
-    /// No acknowledged write may be lost, even with a disk: without it, a
-    /// write held only by a disk that is lost (or only in the memory of
-    /// peers that all restart) may be gone.
-    pub strict: bool,
+    /// Peers acknowledge writes once on their own disk (`registry.ack =
+    /// "local"`): a write only a lost disk held may be gone. Otherwise (as
+    /// lbmesh runs by default) only a write answered `"replicated": false`
+    /// may be lost with its disk.
+    pub ack_local: bool,
 }
 
 /// A broken invariant, with where it broke.
@@ -107,6 +109,9 @@ struct Acked {
     delete: Option<(Stamp, usize)>,
     /// The peer that acknowledged it.
     peer: usize,
+    /// Whether the answer said another peer held it durably (None: nothing
+    /// was waited for).
+    replicated: Option<bool>,
 }
 
 /// Which acknowledged writes a check covers, and on which peers.
@@ -160,6 +165,14 @@ impl World {
                 ..Limits::default()
             },
             memory: true,
+            ack: AckPolicy {
+                mode: if cfg.ack_local {
+                    AckMode::Local
+                } else {
+                    AckMode::Replicated
+                },
+                ..AckPolicy::default()
+            },
             ..ClusterSettings::default()
         };
         let start_ms = settings.start_ms;
@@ -273,16 +286,13 @@ impl World {
         };
         let registry = self.cluster.nodes[peer].registry().clone();
         let seen_before = registry.with(|r| r.newest_delete(&key));
-        let change = registry
-            .submit(cmd)
-            .await
-            .map_err(|e| {
-                format!(
-                    "peer p{peer} refused a valid {}: {e}",
-                    if delete { "delete" } else { "add" }
-                )
-            })?
-            .change;
+        let accepted = registry.submit(cmd).await.map_err(|e| {
+            format!(
+                "peer p{peer} refused a valid {}: {e}",
+                if delete { "delete" } else { "add" }
+            )
+        })?;
+        let (change, replicated) = (accepted.change, accepted.replicated);
         let now = Instant::now();
         let prev = self.oracle.get(&key).copied();
         let acked = if delete {
@@ -291,6 +301,7 @@ impl World {
                 expect: Expect::Gone,
                 delete: Some((change.entry.stamp, peer)),
                 peer,
+                replicated,
             }
         } else {
             // An add racing a delete it had not seen, within the skew the
@@ -319,6 +330,7 @@ impl World {
                 },
                 delete: None,
                 peer,
+                replicated,
             }
         };
         if change.outcome == lbmesh::registry::Outcome::Absent && !delete {
@@ -486,16 +498,7 @@ impl World {
                 for p in self.up() {
                     self.cluster.kill(p).await;
                 }
-                if !self.cfg.strict {
-                    // Each peer's disk holds only what it accepted: what a
-                    // peer that is not coming back accepted lived only in
-                    // memory elsewhere.
-                    for a in self.oracle.values_mut() {
-                        if self.gone.contains(&a.peer) || self.crashed.contains(&a.peer) {
-                            a.expect = Expect::Either;
-                        }
-                    }
-                }
+
                 for p in self.up() {
                     self.cluster
                         .start_node(p)
@@ -586,10 +589,16 @@ impl World {
         self.calm_since = Instant::now();
     }
 
-    /// Loses a peer's disk. Unless strict, writes only it had are then lost
-    /// as well: a client told "stored" for those may see them gone.
+    /// Loses a peer's disk. A write it answered `"replicated": false` may
+    /// be lost with it; with local acknowledgements, so may any write only
+    /// it had.
     fn wipe(&mut self, p: usize) {
-        if self.cfg.strict {
+        for a in self.oracle.values_mut() {
+            if a.peer == p && a.replicated == Some(false) {
+                a.expect = Expect::Either;
+            }
+        }
+        if !self.cfg.ack_local {
             self.cluster.wipe(p);
             return;
         }
@@ -803,7 +812,7 @@ mod tests {
             verbose: false,
             vip_bound: Duration::from_secs(5),
             links: None,
-            strict: false,
+            ack_local: false,
         }
     }
 
