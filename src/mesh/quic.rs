@@ -17,6 +17,8 @@
 //!   side opened it, so a reply takes the link a restarted peer just opened;
 //! - a new handshake from a peer closes the links it replaces ([`Links::add`]);
 //! - a failed write closes its link and the message is tried once more;
+//! - a sender waiting for a connect to a peer that is down takes the link
+//!   that peer opens when it comes back;
 //! - keep-alive and idle timeout are a few gossip intervals, well inside the
 //!   failure detector's window.
 
@@ -136,9 +138,19 @@ struct Link {
 }
 
 /// Every open link, by the peer address at its other end.
-#[derive(Default)]
 struct Links {
     by_addr: Mutex<HashMap<SocketAddr, Vec<Link>>>,
+    /// Counts links added, for senders waiting on a connect.
+    added: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self {
+            by_addr: Mutex::default(),
+            added: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl Links {
@@ -180,6 +192,21 @@ impl Links {
             ours,
             established: Instant::now(),
         });
+        drop(all);
+        self.added.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once a link with `addr` is open (e.g. one the peer opened).
+    async fn opened(&self, addr: SocketAddr) -> quinn::Connection {
+        let mut added = self.added.subscribe();
+        loop {
+            if let Some(c) = self.newest(addr) {
+                return c;
+            }
+            if added.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Closes every link whose peer certificate has a serial in `revoked`
@@ -287,6 +314,9 @@ impl QuicTransport {
             quinn::IdleTimeout::try_from(self.liveness.idle_timeout).expect("at most 10 s fits"),
         ));
         t.keep_alive_interval(Some(self.liveness.keep_alive));
+        // Peers sit on one network: a lost handshake packet is sent again
+        // after a LAN round trip or so, not after quinn's 333 ms guess.
+        t.initial_rtt(Duration::from_millis(50));
         t.max_concurrent_uni_streams(1024u32.into());
         t.max_concurrent_bidi_streams(0u32.into());
         Arc::new(t)
@@ -590,7 +620,12 @@ async fn sender(peers: Arc<Peers>, to: SocketAddr, mut queue: mpsc::Receiver<Vec
                 Some(c) => c,
                 // The peer was unreachable moments ago: drop.
                 None if tokio::time::Instant::now() < retry_at => break,
-                None => match peers.connect(to).await {
+                // A connect to a peer that is down can take seconds; a peer
+                // that comes back opens a link itself, and that one serves.
+                None => match tokio::select! {
+                    c = peers.connect(to) => c,
+                    c = peers.links.opened(to) => Some(c),
+                } {
                     Some(c) => c,
                     None => {
                         retry_at = tokio::time::Instant::now() + RETRY_AFTER;
