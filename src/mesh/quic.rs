@@ -78,11 +78,16 @@ impl RefusalLog {
     /// A handshake that failed: refused by this peer for the certificate's
     /// fault, or by the other side (it does not trust this peer: a host of
     /// another cluster, or this peer's own certificate refused), counted apart.
+    /// A peer that simply gave up its connect (it took a link this peer
+    /// opened meanwhile) closes without a TLS alert: not a refusal.
     fn failed_handshake(&self, remote: SocketAddr, why: &str) {
-        let reason = if why.contains("by peer") {
+        let reason = if !why.contains("by peer") {
+            crate::metrics::refused_connection::of_handshake(why)
+        } else if why.contains("cryptographic handshake failed") {
             crate::metrics::refused_connection::REFUSED_BY_PEER
         } else {
-            crate::metrics::refused_connection::of_handshake(why)
+            tracing::debug!(%remote, %why, "a peer abandoned its gossip handshake");
+            return;
         };
         self.refused(remote, reason, why);
     }
