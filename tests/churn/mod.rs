@@ -1,0 +1,582 @@
+//! Churn against a real lbmesh and HAProxy, sized by the caller: the bounded
+//! tests of `tests/haproxy_churn.rs` and the full runs of `benches/churn.rs`
+//! share it.
+//!
+//! - [`churn`]: server registrations added and withdrawn at a set rate
+//!   across many frontends, a few frontends coming and going, while TCP
+//!   clients connect through the frontends that always have a server.
+//! - [`flap`]: one registration added and deleted at full speed while a
+//!   long-lived connection to another frontend stays open.
+//!
+//! Both watch HAProxy's processes the whole time (one master, how many
+//! workers) and count reloads from lbmesh's status.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{Daemon, DaemonOpts, eventually, free_port};
+
+/// A seeded xorshift generator: a run is repeatable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Many TCP servers in one runtime, each greeting a connection with its
+/// name and closing it: the NodePorts of the churned services.
+pub struct Servers {
+    pub addrs: Vec<SocketAddr>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Servers {
+    pub fn start(n: usize) -> Servers {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addrs = runtime.block_on(async {
+            let mut addrs = Vec::with_capacity(n);
+            for i in 0..n {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.push(l.local_addr().unwrap());
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let greeting = format!("server-{i}\n");
+                    while let Ok((mut s, _)) = l.accept().await {
+                        let g = greeting.clone();
+                        tokio::spawn(async move {
+                            let _ = s.write_all(g.as_bytes()).await;
+                        });
+                    }
+                });
+            }
+            addrs
+        });
+        Servers {
+            addrs,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A server that echoes every line back and keeps the connection open.
+pub struct Echo {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Echo { addr, stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One connection through a frontend: connects, reads the greeting.
+fn connect_once(frontend: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&frontend, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Err("closed without a greeting".into()),
+        Ok(n) if buf[..n].starts_with(b"server-") => Ok(()),
+        Ok(n) => Err(format!(
+            "unexpected greeting {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// HAProxy's processes for a daemon: masters (children of lbmesh) and
+/// workers (children of a master), old workers included.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Processes {
+    pub masters: usize,
+    pub workers: usize,
+}
+
+pub fn haproxy_processes(daemon_pid: u32, config: &Path) -> Processes {
+    let want = config.as_os_str().as_encoded_bytes();
+    let mut masters = BTreeSet::new();
+    let mut others = Vec::new();
+    for pid in std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let runs_config = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == want));
+        if !runs_config {
+            continue;
+        }
+        let Some((state, ppid)) = stat(pid) else {
+            continue;
+        };
+        if state == 'Z' {
+            continue;
+        }
+        if ppid == daemon_pid {
+            masters.insert(pid);
+        } else {
+            others.push(ppid);
+        }
+    }
+    Processes {
+        masters: masters.len(),
+        workers: others.iter().filter(|p| masters.contains(p)).count(),
+    }
+}
+
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = s.rsplit(')').next()?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+/// Samples HAProxy's processes every 100 ms until dropped; keeps the largest counts.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    max_masters: Arc<AtomicUsize>,
+    max_workers: Arc<AtomicUsize>,
+    samples: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    pub fn start(daemon_pid: u32, config: PathBuf) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (max_masters, max_workers) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let samples = Arc::new(AtomicU64::new(0));
+        let (st, mm, mw, n) = (
+            stop.clone(),
+            max_masters.clone(),
+            max_workers.clone(),
+            samples.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let p = haproxy_processes(daemon_pid, &config);
+                mm.fetch_max(p.masters, Ordering::Relaxed);
+                mw.fetch_max(p.workers, Ordering::Relaxed);
+                n.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Watch {
+            stop,
+            max_masters,
+            max_workers,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    /// (largest number of masters, of workers, samples taken).
+    pub fn finish(mut self) -> (usize, usize, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        (
+            self.max_masters.load(Ordering::Relaxed),
+            self.max_workers.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Registers or withdraws `server` on `port` through the original hook.
+fn change(d: &Daemon, name: &str, port: u16, server: SocketAddr, add: bool) -> bool {
+    let mut body = json!({
+        "name": name, "frontend-port": port.to_string(),
+        "backend-port": server.port().to_string(), "dst-ip": server.ip().to_string(),
+        "action": if add { "add" } else { "delete" },
+    });
+    if add {
+        body["ttl"] = json!("3600");
+    }
+    d.hook(&body, "").0 == 200
+}
+
+fn status_counter(d: &Daemon, key: &str) -> u64 {
+    d.status()["haproxy"][key].as_u64().unwrap_or(0)
+}
+
+/// The size of a churn run.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    /// Frontends that always keep at least one server; clients use these.
+    pub steady_frontends: usize,
+    /// Frontends that come and go: all their servers leave, stay away past
+    /// the grace period, and come back.
+    pub transient_frontends: usize,
+    /// Servers each steady frontend draws from.
+    pub servers_per_frontend: usize,
+    /// Registrations plus withdrawals per minute, across all frontends.
+    pub changes_per_minute: u64,
+    pub duration: Duration,
+    /// Client threads connecting through the steady frontends.
+    pub clients: usize,
+    /// Each client's pause between connections.
+    pub client_pause: Duration,
+    /// `haproxy.empty-frontend-grace` of the daemon.
+    pub grace: Duration,
+    pub seed: u64,
+}
+
+/// What a churn run saw.
+#[derive(Debug, Clone, Default)]
+pub struct ChurnReport {
+    pub seconds: f64,
+    pub changes: u64,
+    pub refused_changes: u64,
+    pub frontend_additions: u64,
+    pub frontend_removals: u64,
+    pub reloads: u64,
+    pub runtime_updates: u64,
+    pub connections: u64,
+    pub failed_connections: u64,
+    /// The first failures, with when they happened.
+    pub failures: Vec<String>,
+    pub max_masters: usize,
+    pub max_workers: usize,
+    pub process_samples: u64,
+}
+
+/// A daemon set up for churn: room for the servers, the given grace period
+/// and health-check interval, other HAProxy settings at their defaults.
+pub fn churn_daemon(grace: Duration, check_interval: &str) -> Daemon {
+    let toml = format!(
+        "[registry]\nmin-ttl = \"1s\"\nmax-servers = 100000\nmax-frontends = 5000\n\
+         [haproxy]\ncheck-interval = \"{check_interval}\"\ncheck-fall = 2\ncheck-rise = 1\n\
+         empty-frontend-grace = \"{}ms\"\nhard-stop-after = \"30s\"\n",
+        grace.as_millis()
+    );
+    Daemon::start(DaemonOpts {
+        toml,
+        ..DaemonOpts::default()
+    })
+}
+
+/// Runs churn on `d` as `plan` says.
+pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
+    let k = plan.servers_per_frontend.max(1);
+    let servers = Servers::start(plan.steady_frontends * k + plan.transient_frontends * 2);
+    let steady: Vec<u16> = (0..plan.steady_frontends)
+        .map(|_| free_port(&d.ip))
+        .collect();
+    let transient: Vec<u16> = (0..plan.transient_frontends)
+        .map(|_| free_port(&d.ip))
+        .collect();
+    let pool = |f: usize| &servers.addrs[f * k..(f + 1) * k];
+    // Every steady frontend starts with all its servers: its slots are
+    // sized for the whole pool before the measured run.
+    let mut registered: Vec<Vec<bool>> = vec![vec![true; k]; plan.steady_frontends];
+    for (f, port) in steady.iter().enumerate() {
+        for s in pool(f) {
+            assert!(change(d, &format!("svc{port}"), *port, *s, true));
+        }
+    }
+    d.in_step();
+    for port in &steady {
+        eventually(
+            Duration::from_secs(20),
+            "every steady frontend to serve",
+            || connect_once(d.frontend(*port)).ok(),
+        );
+    }
+
+    let reloads0 = status_counter(d, "reloads");
+    let runtime0 = status_counter(d, "runtime_updates");
+    let watch = Watch::start(d.pid(), d.data_dir.join("haproxy.cfg"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let connections = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..plan.clients)
+        .map(|c| {
+            let frontends: Vec<SocketAddr> = steady.iter().map(|p| d.frontend(*p)).collect();
+            let (stop, connections, failed, failures) = (
+                stop.clone(),
+                connections.clone(),
+                failed.clone(),
+                failures.clone(),
+            );
+            let pause = plan.client_pause;
+            let seed = plan.seed ^ ((c as u64 + 1) * 0x9e37_79b9);
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(seed);
+                while !stop.load(Ordering::Relaxed) {
+                    let f = frontends[rng.below(frontends.len())];
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = connect_once(f) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let mut list = failures.lock().unwrap();
+                        if list.len() < 20 {
+                            list.push(format!("{:.3}s {f}: {e}", started.elapsed().as_secs_f64()));
+                        }
+                    }
+                    std::thread::sleep(pause);
+                }
+            })
+        })
+        .collect();
+
+    // The churn itself, paced to the planned rate.
+    let mut rng = Rng::new(plan.seed);
+    let interval = Duration::from_secs_f64(60.0 / plan.changes_per_minute.max(1) as f64);
+    let mut report = ChurnReport::default();
+    // A transient frontend is up (with its two servers) or down since when.
+    let mut transient_up: Vec<Option<bool>> = vec![None; plan.transient_frontends];
+    let mut transient_since: Vec<Instant> = vec![started; plan.transient_frontends];
+    let cycle = plan.grace * 2 + Duration::from_secs(2);
+    let mut next = Instant::now();
+    while started.elapsed() < plan.duration {
+        // Transient frontends: up for a cycle, down for a cycle (past the grace).
+        for t in 0..plan.transient_frontends {
+            let offset = cycle.mul_f64(t as f64 / plan.transient_frontends.max(1) as f64);
+            if started.elapsed() < offset
+                || transient_since[t].elapsed() < cycle && transient_up[t].is_some()
+            {
+                continue;
+            }
+            let up = !transient_up[t].unwrap_or(false);
+            let port = transient[t];
+            let base = plan.steady_frontends * k + t * 2;
+            for s in &servers.addrs[base..base + 2] {
+                if change(d, &format!("svc{port}"), port, *s, up) {
+                    report.changes += 1;
+                } else {
+                    report.refused_changes += 1;
+                }
+            }
+            if up {
+                report.frontend_additions += 1;
+            } else {
+                report.frontend_removals += 1;
+            }
+            transient_up[t] = Some(up);
+            transient_since[t] = Instant::now();
+        }
+        // One server change on a steady frontend, never its last server.
+        let f = rng.below(plan.steady_frontends);
+        let s = rng.below(k);
+        let port = steady[f];
+        let count = registered[f].iter().filter(|r| **r).count();
+        let add = !registered[f][s];
+        if !add && count == 1 {
+            continue;
+        }
+        if change(d, &format!("svc{port}"), port, pool(f)[s], add) {
+            registered[f][s] = add;
+            report.changes += 1;
+        } else {
+            report.refused_changes += 1;
+        }
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    // A removal lands after the grace period: wait for it before counting.
+    std::thread::sleep(plan.grace + Duration::from_secs(1));
+    let (max_masters, max_workers, samples) = watch.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    report.reloads = status_counter(d, "reloads") - reloads0;
+    report.runtime_updates = status_counter(d, "runtime_updates") - runtime0;
+    report.connections = connections.load(Ordering::Relaxed);
+    report.failed_connections = failed.load(Ordering::Relaxed);
+    report.failures = failures.lock().unwrap().clone();
+    report.max_masters = max_masters;
+    report.max_workers = max_workers;
+    report.process_samples = samples;
+    report
+}
+
+/// What a flap run saw.
+#[derive(Debug, Clone, Default)]
+pub struct FlapReport {
+    pub seconds: f64,
+    /// Delete-then-add pairs sent.
+    pub flaps: u64,
+    pub reloads: u64,
+    /// Lines echoed over the long-lived connection, and whether it stayed open.
+    pub echoes: u64,
+    pub long_lived_open: bool,
+    /// New connections to the long-lived connection's frontend, and failures.
+    pub probes: u64,
+    pub failed_probes: u64,
+    pub max_masters: usize,
+    pub max_workers: usize,
+}
+
+/// Flaps one registration at full speed for `duration` while a long-lived
+/// connection through another frontend echoes a line every 200 ms.
+///
+/// The flapped registration exists once before the connection opens: its
+/// frontend's first appearance is a frontend addition, which takes a
+/// reload, and an old worker keeps its connections only until
+/// `hard-stop-after`. What is measured is the flapping after that.
+pub fn flap(d: &Daemon, duration: Duration) -> FlapReport {
+    let echo = Echo::start();
+    let steady = free_port(&d.ip);
+    assert!(change(d, "steady", steady, echo.addr, true));
+    let flapped = free_port(&d.ip);
+    let servers = Servers::start(1);
+    let target = servers.addrs[0];
+    assert!(change(d, "flapper", flapped, target, true));
+    d.in_step();
+    let frontend = d.frontend(steady);
+    let mut conn = eventually(Duration::from_secs(10), "the long-lived connection", || {
+        let mut c = TcpStream::connect(frontend).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        c.write_all(b"hello\n").ok()?;
+        let mut buf = [0u8; 6];
+        c.read_exact(&mut buf).ok()?;
+        (&buf == b"hello\n").then_some(c)
+    });
+    let reloads0 = status_counter(d, "reloads");
+    let watch = Watch::start(d.pid(), d.data_dir.join("haproxy.cfg"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flaps = Arc::new(AtomicU64::new(0));
+    let flapper = {
+        let (stop, flaps) = (stop.clone(), flaps.clone());
+        let (api, token) = (d.api, d.token.clone());
+        std::thread::spawn(move || {
+            let hook = |action: &str| {
+                let body = json!({
+                    "name": "flapper", "frontend-port": flapped.to_string(),
+                    "backend-port": target.port().to_string(), "dst-ip": target.ip().to_string(),
+                    "action": action,
+                });
+                crate::common::http(
+                    "POST",
+                    &format!("http://{api}/hooks/update-haproxy"),
+                    Some(&token),
+                    Some("application/json"),
+                    Some(body.to_string().into_bytes()),
+                )
+                .0
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if hook("delete") == 200 && hook("add") == 200 {
+                    flaps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut report = FlapReport {
+        long_lived_open: true,
+        ..FlapReport::default()
+    };
+    let mut n = 0u64;
+    while started.elapsed() < duration {
+        let line = format!("ping {n}\n");
+        n += 1;
+        let mut buf = vec![0u8; line.len()];
+        let ok = conn.write_all(line.as_bytes()).is_ok()
+            && conn.read_exact(&mut buf).is_ok()
+            && buf == line.as_bytes();
+        if !ok {
+            report.long_lived_open = false;
+            break;
+        }
+        report.echoes += 1;
+        // A new connection to the same frontend works too.
+        report.probes += 1;
+        let probe =
+            TcpStream::connect_timeout(&frontend, Duration::from_secs(2)).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                c.write_all(b"x\n")?;
+                let mut b = [0u8; 2];
+                c.read_exact(&mut b)?;
+                Ok(b)
+            });
+        if !matches!(probe, Ok(b) if &b == b"x\n") {
+            report.failed_probes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = flapper.join();
+    let (max_masters, max_workers, _) = watch.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    report.flaps = flaps.load(Ordering::Relaxed);
+    report.reloads = status_counter(d, "reloads") - reloads0;
+    report.max_masters = max_masters;
+    report.max_workers = max_workers;
+    report
+}
