@@ -1,90 +1,138 @@
-//! Rendering the HAProxy config for 10,000 servers (100 frontends of 100).
+//! Rendering the HAProxy config, and planning an apply, at two sizes:
+//! 10,000 servers (100 frontends of 100) and 100,000 servers (5,000
+//! frontends of 20).
 //!
-//! `cargo bench --bench render` times, on one registry:
-//! - `view`: `Registry::view`, the snapshot every apply renders from;
-//! - `render`: `render` of that view, the whole config text;
+//! `cargo bench --bench render` times, on one registry of each size:
+//! - `view`: `Registry::view`, the snapshot every apply plans from;
+//! - `render`: `render` of that view: a fresh slot layout, the whole config
+//!   text and the digest of what it serves;
+//! - `write`: only streaming the text of an existing layout to a sink, as
+//!   the applier writes the config file;
 //! - `concat_baseline`: appending the same text line by line to one string,
 //!   which is what the original design's `cat` of include files amounts to.
 //!   It is the floor for producing those bytes, so `render / concat_baseline`
-//!   is the price of building the config from the registry.
+//!   is the price of building the config from the registry;
+//! - `plan_unchanged`: the planner's decision for a view HAProxy already
+//!   serves; `plan_server_in_and_out`: two decisions, a server added and
+//!   then removed again (two Runtime API steps): the work done on every
+//!   registry change.
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::path::Path;
+use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lbmesh::haproxy::render::{RenderSettings, render};
+use lbmesh::haproxy::plan::{Install, Observed, Outcome, PlanSettings, Planner, Step};
+use lbmesh::haproxy::render::{RenderSettings, render, write_config};
 use lbmesh::registry::{Command, Key, Limits, PortPolicy, Registry};
 
 const NOW_MS: u64 = 1_700_000_000_000;
-const FRONTENDS: u16 = 100;
-const SERVERS_PER_FRONTEND: u16 = 100;
 
 /// Frontend f is port 10000+f owned by "svc<port>"; its server s is
-/// 127.77.f.(s+1):30443, the address scheme of bench/lbclient.py.
-fn registry() -> Registry {
+/// 127.<77 + f / 256>.<f % 256>.<s + 1>:30443 (bench/lbclient.py's scheme
+/// for the first 256 frontends).
+fn registry(frontends: u16, servers_per_frontend: u16) -> Registry {
     let mut registry = Registry::new(
         "lb1".parse().unwrap(),
         Limits {
-            max_servers: 20_000,
+            max_servers: 200_000,
+            max_frontends: 10_000,
             ..Limits::default()
         },
         PortPolicy::new(vec![], []),
     );
-    for s in 0..SERVERS_PER_FRONTEND {
-        for f in 0..FRONTENDS {
-            let frontend = 10_000 + f;
-            registry
-                .apply(
-                    Command::Register {
-                        key: Key {
-                            frontend,
-                            server: format!("127.77.{f}.{}:30443", s + 1).parse().unwrap(),
-                        },
-                        name: format!("svc{frontend}").parse().unwrap(),
-                        send_proxy: false,
-                        ttl: None,
-                    },
-                    NOW_MS,
-                )
-                .unwrap();
+    for s in 0..servers_per_frontend {
+        for f in 0..frontends {
+            registry.apply(server(f, s), NOW_MS).unwrap();
         }
     }
     registry
 }
 
-fn bench_render(c: &mut Criterion) {
-    let registry = registry();
+fn server(f: u16, s: u16) -> Command {
+    let frontend = 10_000 + f;
+    Command::Register {
+        key: Key {
+            frontend,
+            server: format!("127.{}.{}.{}:30443", 77 + f / 256, f % 256, s + 1)
+                .parse()
+                .unwrap(),
+        },
+        name: format!("svc{frontend}").parse().unwrap(),
+        send_proxy: false,
+        ttl: None,
+    }
+}
+
+fn bench_size(c: &mut Criterion, name: &str, frontends: u16, servers: u16, samples: usize) {
+    let mut registry = registry(frontends, servers);
     let settings = RenderSettings::with_sockets_in(Path::new("/run/lbmesh"));
     let excluded = BTreeSet::new();
     let view = registry.view(NOW_MS);
-    assert_eq!(view.server_count(), 10_000);
-    let text = render(&view, &excluded, &settings).text;
-    let lines: Vec<&str> = text.lines().collect();
+    let out = render(&view, &excluded, &settings);
+    let lines: Vec<&str> = out.text.lines().collect();
     eprintln!(
-        "config for {} servers: {} bytes, {} lines",
+        "{name}: config for {} servers on {} frontends: {} bytes, {} lines",
         view.server_count(),
-        text.len(),
+        view.frontends.len(),
+        out.text.len(),
         lines.len()
     );
 
-    let mut group = c.benchmark_group("10k_servers");
-    group.throughput(Throughput::Bytes(text.len() as u64));
+    // A planner that has installed this view.
+    let mut planner = Planner::new(PlanSettings::default());
+    let observed = Observed { instance: Some(1) };
+    let t0 = Instant::now();
+    match planner.poll(&view, &observed, t0) {
+        Step::Install { .. } => {}
+        other => panic!("expected an install, got {other:?}"),
+    }
+    planner.handle(Outcome::Installed(Install::Done { instance: 1 }), t0);
+    registry.apply(server(0, servers), NOW_MS).unwrap();
+    let one_more = registry.view(NOW_MS);
+
+    let mut group = c.benchmark_group(name);
+    group.sample_size(samples);
+    group.throughput(Throughput::Bytes(out.text.len() as u64));
     group.bench_function("view", |b| b.iter(|| black_box(registry.view(NOW_MS))));
     group.bench_function("render", |b| {
         b.iter(|| black_box(render(black_box(&view), &excluded, &settings)))
     });
+    group.bench_function("write", |b| {
+        b.iter(|| write_config(black_box(&out.backends), &settings, &mut std::io::sink()))
+    });
     group.bench_function("concat_baseline", |b| {
         b.iter(|| {
-            let mut out = String::new();
+            let mut s = String::new();
             for line in black_box(&lines) {
-                out.push_str(line);
-                out.push('\n');
+                s.push_str(line);
+                s.push('\n');
             }
-            black_box(out)
+            black_box(s)
+        })
+    });
+    group.bench_function("plan_unchanged", |b| {
+        b.iter(|| {
+            let step = planner.poll(black_box(&view), &observed, t0);
+            assert!(matches!(step, Step::Wait { .. }), "{step:?}");
+        })
+    });
+    group.bench_function("plan_server_in_and_out", |b| {
+        b.iter(|| {
+            for v in [&one_more, &view] {
+                let step = planner.poll(black_box(v), &observed, t0);
+                assert!(matches!(step, Step::Runtime { .. }), "{step:?}");
+                planner.handle(Outcome::Runtime(Ok(())), t0);
+            }
         })
     });
     group.finish();
+}
+
+fn bench_render(c: &mut Criterion) {
+    bench_size(c, "10k_servers", 100, 100, 100);
+    bench_size(c, "100k_servers", 5_000, 20, 20);
 }
 
 criterion_group!(benches, bench_render);

@@ -256,46 +256,56 @@ pub fn server_count(layout: &Layout) -> usize {
     layout.values().map(Backend::server_count).sum()
 }
 
+/// The digest of one frontend's pool: its port and servers. Computed once
+/// per change of the pool, and combined by [`combine`].
+pub type FrontendDigest = [u8; 32];
+
+/// The digest of frontend `port` serving `servers` (sorted); `None` for an
+/// empty pool, which serves nothing.
+pub fn frontend_digest(port: u16, servers: &[SlotServer]) -> Option<FrontendDigest> {
+    if servers.is_empty() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    let mut line = String::with_capacity(64);
+    // Writing to a String cannot fail.
+    let _ = writeln!(line, "F{port}");
+    h.update(line.as_bytes());
+    for s in servers {
+        line.clear();
+        let _ = writeln!(line, "S{} {}", s.addr, s.send_proxy);
+        h.update(line.as_bytes());
+    }
+    Some(h.finalize().into())
+}
+
+/// [`frontend_digest`] of what `backend` serves.
+pub fn backend_digest(port: u16, backend: &Backend) -> Option<FrontendDigest> {
+    let mut servers: Vec<SlotServer> = backend.servers().collect();
+    servers.sort_unstable();
+    frontend_digest(port, &servers)
+}
+
+/// The digest of what is served, from each serving frontend's digest in
+/// port order.
+pub fn combine<'a>(frontends: impl IntoIterator<Item = (u16, &'a FrontendDigest)>) -> String {
+    let mut h = Sha256::new();
+    for (port, d) in frontends {
+        h.update(port.to_be_bytes());
+        h.update(d);
+    }
+    short_digest(h)
+}
+
 /// The digest of what a layout serves: each frontend that has servers, and
 /// its servers, in order. Slot positions and empty frontends do not count,
 /// so two peers serving the same registry agree whatever their history.
 pub fn digest(layout: &Layout) -> String {
-    let mut d = ContentDigest::default();
-    let mut servers = Vec::new();
-    for (port, b) in layout {
-        servers.clear();
-        servers.extend(b.servers());
-        servers.sort_unstable();
-        d.frontend(*port, &servers);
-    }
-    d.finish()
-}
-
-/// Builds the digest of [`digest`] from frontends given in port order.
-#[derive(Default)]
-pub struct ContentDigest {
-    hash: Sha256,
-    line: String,
-}
-
-impl ContentDigest {
-    /// Adds a frontend; `servers` sorted by address. An empty pool adds nothing.
-    pub fn frontend(&mut self, port: u16, servers: &[SlotServer]) {
-        if servers.is_empty() {
-            return;
-        }
-        self.line.clear();
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.line, "F{port}");
-        for s in servers {
-            let _ = writeln!(self.line, "S{} {}", s.addr, s.send_proxy);
-        }
-        self.hash.update(self.line.as_bytes());
-    }
-
-    pub fn finish(self) -> String {
-        short_digest(self.hash)
-    }
+    let digests: Vec<(u16, FrontendDigest)> = layout
+        .iter()
+        .filter_map(|(port, b)| Some((*port, backend_digest(*port, b)?)))
+        .collect();
+    combine(digests.iter().map(|(p, d)| (*p, d)))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::layout::{self, Backend, ContentDigest, Layout, SlotPolicy, SlotServer};
+use super::layout::{self, Backend, FrontendDigest, Layout, SlotPolicy, SlotServer};
 use super::runtime::slot_commands;
 use crate::registry::{RegistryView, ServiceName};
 
@@ -77,11 +77,8 @@ pub struct Observed {
 pub enum Step {
     /// Nothing until `until`, or until the registry or HAProxy changes.
     Wait { until: Option<Instant> },
-    /// Move servers in and out of slots; `layout` is what HAProxy serves after.
-    Runtime {
-        layout: Layout,
-        commands: Vec<String>,
-    },
+    /// Move servers in and out of slots with these Runtime API commands.
+    Runtime { commands: Vec<String> },
     /// Try to bind these quarantined ports.
     Probe { ports: Vec<u16> },
     /// `haproxy -c` of a config holding only the frontends of `layout`.
@@ -193,6 +190,39 @@ impl Quarantine {
 struct Served {
     layout: Layout,
     instance: u32,
+    /// The digest of each frontend that has servers, kept in step with `layout`.
+    digests: BTreeMap<u16, FrontendDigest>,
+    /// Their combination: the digest of what HAProxy serves.
+    digest: String,
+}
+
+impl Served {
+    fn new(layout: Layout, instance: u32) -> Self {
+        let digests = layout
+            .iter()
+            .filter_map(|(port, b)| Some((*port, layout::backend_digest(*port, b)?)))
+            .collect();
+        let mut s = Self {
+            layout,
+            instance,
+            digests,
+            digest: String::new(),
+        };
+        s.digest = layout::combine(s.digests.iter().map(|(p, d)| (*p, d)));
+        s
+    }
+
+    /// Takes in backends changed through the Runtime API.
+    fn patch(&mut self, changed: Layout) {
+        for (port, b) in changed {
+            match layout::backend_digest(port, &b) {
+                Some(d) => self.digests.insert(port, d),
+                None => self.digests.remove(&port),
+            };
+            self.layout.insert(port, b);
+        }
+        self.digest = layout::combine(self.digests.iter().map(|(p, d)| (*p, d)));
+    }
 }
 
 /// A frontend's record of the reloads it caused.
@@ -237,6 +267,7 @@ enum Cause {
 /// The step in flight, to read its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum InFlight {
+    /// The backends the commands change, as they will be.
     Runtime(Layout),
     Install {
         layout: Layout,
@@ -268,6 +299,17 @@ pub struct PlanStatus {
 
 /// The frontends to serve, with their owner and servers (sorted).
 type Wanted = BTreeMap<u16, (ServiceName, Vec<SlotServer>)>;
+
+/// What the Runtime API can do with the slots HAProxy has.
+#[derive(Debug, Default)]
+struct Fitted {
+    /// Backends whose servers change, as they will be.
+    changed: Layout,
+    /// Frontends short of slots for their pool.
+    short: BTreeSet<u16>,
+    /// Frontends that need more slots (short, or soon to be).
+    grow: Vec<(u16, Cause)>,
+}
 
 /// The apply planner; see the module documentation.
 #[derive(Debug)]
@@ -342,31 +384,24 @@ impl Planner {
         }
         let wanted = self.wanted(view);
         self.track_emptied(&wanted, now);
-        let current = self
-            .served
-            .as_ref()
-            .map(|s| s.layout.clone())
-            .unwrap_or_default();
+        let none = Layout::new();
+        let current = self.served.as_ref().map_or(&none, |s| &s.layout);
 
         // Servers first: the Runtime API is never rate-limited.
-        let mut causes: Vec<(u16, Cause)> = Vec::new();
+        let fit = self.fit_runtime(current, &wanted);
+        // After a failed change, the reload puts the slots right.
+        if !self.resync && !fit.changed.is_empty() {
+            let commands = fit
+                .changed
+                .iter()
+                .flat_map(|(port, to)| slot_commands(*port, &current[port], to))
+                .collect();
+            self.status = self.status_for(view, &wanted, &fit, &BTreeMap::new(), now);
+            self.in_flight = Some(InFlight::Runtime(fit.changed));
+            return Step::Runtime { commands };
+        }
+        let mut causes = fit.grow.clone();
         if self.served.is_some() {
-            let (next, grow) = self.fit_runtime(&current, &wanted);
-            // After a failed change, the reload puts the slots right.
-            if !self.resync && servers_differ(&current, &next) {
-                let commands = current
-                    .iter()
-                    .zip(&next)
-                    .flat_map(|((port, from), (_, to))| slot_commands(*port, from, to))
-                    .collect();
-                self.publish(view, &wanted, &next, &BTreeMap::new(), now);
-                self.in_flight = Some(InFlight::Runtime(next.clone()));
-                return Step::Runtime {
-                    layout: next,
-                    commands,
-                };
-            }
-            causes = grow;
             causes.extend(
                 wanted
                     .keys()
@@ -382,8 +417,7 @@ impl Planner {
         }
 
         if self.bisect.is_some() {
-            let deferred = self.bisect_deferred();
-            self.publish(view, &wanted, &current, &deferred, now);
+            self.status = self.status_for(view, &wanted, &fit, &self.bisect_deferred(), now);
             return self.next_check();
         }
 
@@ -409,7 +443,7 @@ impl Planner {
         };
         match (due, gate) {
             (Some(d), g) if d <= now && g.is_none_or(|g| g <= now) => {
-                let target = self.reload_target(&current, &wanted, now);
+                let target = self.reload_target(current, &wanted, now);
                 let new_ports: Vec<u16> = target
                     .keys()
                     .filter(|p| !current.contains_key(p))
@@ -417,7 +451,7 @@ impl Planner {
                     .collect();
                 triggers.sort_unstable();
                 triggers.dedup();
-                self.publish(view, &wanted, &current, &BTreeMap::new(), now);
+                self.status = self.status_for(view, &wanted, &fit, &BTreeMap::new(), now);
                 self.in_flight = Some(InFlight::Install {
                     layout: target.clone(),
                     triggers,
@@ -439,7 +473,7 @@ impl Planner {
             // Failing, not waiting by choice: everything pending counts.
             deferred.clear();
         }
-        self.publish(view, &wanted, &current, &deferred, now);
+        self.status = self.status_for(view, &wanted, &fit, &deferred, now);
 
         // No reload now: probe quarantined ports, sync the file, or wait.
         let probe: Vec<u16> = self
@@ -455,7 +489,9 @@ impl Planner {
         let sync_at = self.file_stale.map(|t| t + self.s.file_sync_delay);
         if sync_at.is_some_and(|t| t <= now) && self.served.is_some() {
             self.in_flight = Some(InFlight::SyncFile);
-            return Step::SyncFile { layout: current };
+            return Step::SyncFile {
+                layout: current.clone(),
+            };
         }
         let mut until = sync_at;
         if !probe.is_empty() {
@@ -478,10 +514,10 @@ impl Planner {
     pub fn handle(&mut self, outcome: Outcome, now: Instant) -> Option<Report> {
         let in_flight = self.in_flight.take()?;
         let report = match (in_flight, outcome) {
-            (InFlight::Runtime(next), Outcome::Runtime(result)) => Some(match result {
+            (InFlight::Runtime(changed), Outcome::Runtime(result)) => Some(match result {
                 Ok(()) => {
                     if let Some(s) = &mut self.served {
-                        s.layout = next;
+                        s.patch(changed);
                     }
                     self.file_stale.get_or_insert(now);
                     Report {
@@ -529,7 +565,7 @@ impl Planner {
                 None
             }
         };
-        self.status.config_digest = self.served.as_ref().map(|s| layout::digest(&s.layout));
+        self.status.config_digest = self.served.as_ref().map(|s| s.digest.clone());
         self.status.quarantined = self.quarantine_reasons();
         self.status.held = self.held(now);
         report
@@ -596,29 +632,34 @@ impl Planner {
         }
     }
 
-    /// What the Runtime API can make of `served` for `wanted`, and the
-    /// backends that need more slots.
-    fn fit_runtime(&self, served: &Layout, wanted: &Wanted) -> (Layout, Vec<(u16, Cause)>) {
-        let mut grow = Vec::new();
-        let next = served
-            .iter()
-            .map(|(port, b)| {
-                let fit = match wanted.get(port) {
-                    Some((owner, servers)) => {
-                        let fit = b.fit(owner, servers);
-                        if fit.overflow > 0
-                            || self.s.slots.wants_growth(b.slots.len(), servers.len())
-                        {
-                            grow.push((*port, Cause::Grow));
-                        }
-                        fit
+    /// What the Runtime API can do for `wanted` in the slots `served` has.
+    fn fit_runtime(&self, served: &Layout, wanted: &Wanted) -> Fitted {
+        let mut out = Fitted::default();
+        for (port, b) in served {
+            let fit = match wanted.get(port) {
+                Some((owner, servers)) => {
+                    let fit = b.fit(owner, servers);
+                    if fit.overflow > 0 {
+                        out.short.insert(*port);
                     }
-                    None => b.fit(&b.owner, &[]),
-                };
-                (*port, fit.backend)
-            })
-            .collect();
-        (next, grow)
+                    if fit.overflow > 0 || self.s.slots.wants_growth(b.slots.len(), servers.len()) {
+                        out.grow.push((*port, Cause::Grow));
+                    }
+                    fit
+                }
+                None => b.fit(&b.owner, &[]),
+            };
+            if fit
+                .backend
+                .slots
+                .iter()
+                .zip(&b.slots)
+                .any(|(x, y)| x.server != y.server)
+            {
+                out.changed.insert(*port, fit.backend);
+            }
+        }
+        out
     }
 
     /// The layout a reload installs: every wanted frontend, reshaped where
@@ -804,10 +845,7 @@ impl Planner {
                 let forget = self.s.max_frontend_backoff * 4 + CALM;
                 self.history.retain(|_, h| now < h.last + forget);
                 self.emptied.retain(|port, _| target.contains_key(port));
-                self.served = Some(Served {
-                    layout: target,
-                    instance,
-                });
+                self.served = Some(Served::new(target, instance));
                 self.last_reload = Some(now);
                 self.file_stale = None;
                 self.resync = false;
@@ -876,39 +914,52 @@ impl Planner {
         }
     }
 
-    /// Publishes status for `view`; `current` is what HAProxy serves (or
-    /// will once the returned step runs), `deferred` the frontends waiting.
-    fn publish(
-        &mut self,
+    /// The status for `view`, with `fit` applied (or about to be) and
+    /// `deferred` frontends waiting for their turn.
+    fn status_for(
+        &self,
         view: &RegistryView,
         wanted: &Wanted,
-        current: &Layout,
+        fit: &Fitted,
         deferred: &BTreeMap<u16, String>,
         now: Instant,
-    ) {
-        let mut d = ContentDigest::default();
-        let mut served = Vec::new();
-        let ports: BTreeSet<u16> = wanted.keys().chain(current.keys()).copied().collect();
+    ) -> PlanStatus {
+        let served = self.served.as_ref();
+        let served_digest = |port: &u16| served.and_then(|s| s.digests.get(port));
+        let ports: BTreeSet<u16> = wanted
+            .keys()
+            .chain(served.into_iter().flat_map(|s| s.layout.keys()))
+            .copied()
+            .collect();
+        let mut digests: Vec<(u16, FrontendDigest)> = Vec::with_capacity(ports.len());
         for port in ports {
-            if deferred.contains_key(&port) {
+            let d = if deferred.contains_key(&port) {
                 // What it serves until its turn comes.
-                served.clear();
-                served.extend(current.get(&port).into_iter().flat_map(Backend::servers));
-                served.sort_unstable();
-                d.frontend(port, &served);
+                served_digest(&port).copied()
             } else if let Some((_, servers)) = wanted.get(&port) {
-                d.frontend(port, servers);
+                let same = served.is_some_and(|s| s.layout.contains_key(&port))
+                    && !fit.changed.contains_key(&port)
+                    && !fit.short.contains(&port);
+                match same {
+                    true => served_digest(&port).copied(),
+                    false => layout::frontend_digest(port, servers),
+                }
+            } else {
+                None
+            };
+            if let Some(d) = d {
+                digests.push((port, d));
             }
         }
-        self.status = PlanStatus {
-            config_digest: self.served.as_ref().map(|s| layout::digest(&s.layout)),
-            wanted_digest: d.finish(),
+        PlanStatus {
+            config_digest: served.map(|s| s.digest.clone()),
+            wanted_digest: layout::combine(digests.iter().map(|(p, d)| (*p, d))),
             frontends: view.frontends.len(),
             servers: view.server_count(),
             quarantined: self.quarantine_reasons(),
             deferred: deferred.clone(),
             held: self.held(now),
-        };
+        }
     }
 }
 
@@ -932,16 +983,6 @@ fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Whether any slot holds a different server in `b` than in `a` (same ports).
-fn servers_differ(a: &Layout, b: &Layout) -> bool {
-    a.iter().zip(b).any(|((_, x), (_, y))| {
-        x.slots
-            .iter()
-            .zip(&y.slots)
-            .any(|(s, t)| s.server != t.server)
-    })
 }
 
 /// Queues the two halves of a group that failed its check.

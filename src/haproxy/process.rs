@@ -276,7 +276,16 @@ impl Haproxy {
     pub async fn instance(&self) -> Option<u32> {
         match &self.mode {
             Mode::Supervised { .. } => self.state.master_pid(),
-            Mode::External { .. } => runtime::worker_pid(&self.runtime_socket).await.ok(),
+            Mode::External { .. } => {
+                // One missed answer (the service reloading) is not a dead HAProxy.
+                match runtime::worker_pid(&self.runtime_socket).await {
+                    Ok(pid) => Some(pid),
+                    Err(_) => {
+                        sleep(Duration::from_millis(200)).await;
+                        runtime::worker_pid(&self.runtime_socket).await.ok()
+                    }
+                }
+            }
         }
     }
 
