@@ -59,7 +59,7 @@ fn main() {
     println!(
         "CHURN changes={} ({:.0}/min) refused={} connections={} failed={} frontend_additions={} frontend_removals={} reloads={} runtime_updates={} max_masters={} max_workers={} seconds={:.1} load={}",
         r.changes,
-        r.changes as f64 * 60.0 / r.seconds,
+        r.changes as f64 * 60.0 / r.churn_seconds,
         r.refused_changes,
         r.connections,
         r.failed_connections,

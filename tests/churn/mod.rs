@@ -294,6 +294,8 @@ pub struct ChurnPlan {
 /// What a churn run saw.
 #[derive(Debug, Clone, Default)]
 pub struct ChurnReport {
+    /// How long the changes went on, and the whole run with its settling.
+    pub churn_seconds: f64,
     pub seconds: f64,
     pub changes: u64,
     pub refused_changes: u64,
@@ -446,6 +448,7 @@ pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
             std::thread::sleep(wait);
         }
     }
+    report.churn_seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
