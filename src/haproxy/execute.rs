@@ -133,10 +133,7 @@ impl Executor {
             Ok(instance) => Install::Done { instance },
             Err(ProcessError::Failed { message, alerts }) => Install::Failed {
                 bind: bind_failures(&alerts),
-                error: match alerts.iter().find(|a| a.contains("cannot bind socket")) {
-                    Some(a) => format!("{message}: {}", a.trim()),
-                    None => message,
-                },
+                error: failure_with_alert(message, &alerts),
             },
             Err(ProcessError::TimedOut(e)) => Install::TimedOut(e),
             Err(e @ ProcessError::Spawn { .. }) => Install::Failed {
@@ -165,6 +162,25 @@ impl Executor {
     }
 }
 
+/// `message` with the alert that says why, and what to do when that is known.
+fn failure_with_alert(message: String, alerts: &[String]) -> String {
+    // Lines that only say that loading failed, not why.
+    let generic = ["Some protocols failed", "Loading failure", "Fatal errors found"];
+    let Some(why) = alerts
+        .iter()
+        .map(|a| a.split_once(" : ").map_or(a.as_str(), |(_, m)| m).trim())
+        .find(|a| !generic.iter().any(|g| a.contains(g)))
+    else {
+        return message;
+    };
+    let hint = if why.contains("FD limit") {
+        " (every server slot with health checks takes a file descriptor: raise the open-files limit, e.g. LimitNOFILE=1048576 in the unit)"
+    } else {
+        ""
+    };
+    format!("{message}: {why}{hint}")
+}
+
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
@@ -191,4 +207,26 @@ pub fn probe_bind(ip: IpAddr, port: u16) -> Result<(), String> {
         .bind(&addr.into())
         .and_then(|()| socket.listen(1))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_says_why_from_haproxy_alerts() {
+        let alerts = [
+            "[ALERT]    (11780) : [haproxy.main()] Cannot raise FD limit to 31716, limit is 20000.".to_owned(),
+            "[ALERT]    (11780) : [haproxy.main()] Some protocols failed to start their listeners! Exiting.".to_owned(),
+        ];
+        let e = failure_with_alert("HAProxy could not load the new config".into(), &alerts);
+        assert!(
+            e.starts_with("HAProxy could not load the new config: [haproxy.main()] Cannot raise FD limit to 31716, limit is 20000."),
+            "{e}"
+        );
+        assert!(e.contains("LimitNOFILE"), "{e}");
+        assert_eq!(failure_with_alert("failed".into(), &alerts[1..]), "failed");
+        let bind = ["[ALERT]    (1) : Binding [x:12] for frontend 8702_frontend: cannot bind socket (Address already in use) for [127.0.0.1:8702]".to_owned()];
+        assert!(failure_with_alert("failed".into(), &bind).contains("cannot bind socket"));
+    }
 }

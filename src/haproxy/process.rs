@@ -482,6 +482,7 @@ impl Haproxy {
         else {
             return;
         };
+        raise_fd_limit();
         let mut adopted = self.state.master_pid();
         let mut started_once = adopted.is_some();
         loop {
@@ -588,6 +589,20 @@ impl Haproxy {
         }
         tracing::info!(pid = child.id(), config = %self.config_path.display(), "started HAProxy");
         Ok(child)
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, for
+/// HAProxy to inherit: HAProxy takes a file descriptor for every server
+/// slot with health checks, besides its connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit HAProxy inherits"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit"),
+        },
+        Ok(_) | Err(_) => {}
     }
 }
 
