@@ -165,7 +165,11 @@ impl Executor {
 /// `message` with the alert that says why, and what to do when that is known.
 fn failure_with_alert(message: String, alerts: &[String]) -> String {
     // Lines that only say that loading failed, not why.
-    let generic = ["Some protocols failed", "Loading failure", "Fatal errors found"];
+    let generic = [
+        "Some protocols failed",
+        "Loading failure",
+        "Fatal errors found",
+    ];
     let Some(why) = alerts
         .iter()
         .map(|a| a.split_once(" : ").map_or(a.as_str(), |(_, m)| m).trim())

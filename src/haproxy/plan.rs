@@ -362,7 +362,7 @@ impl Planner {
     /// serves `layout` (read back from it), so what follows is planned from
     /// there, without a reload.
     pub fn adopt(&mut self, layout: Layout, instance: u32) {
-        self.served = Some(Served { layout, instance });
+        self.served = Some(Served::new(layout, instance));
     }
 
     pub fn quarantined(&self) -> &BTreeMap<u16, Quarantine> {

@@ -599,7 +599,11 @@ fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit HAProxy inherits"),
+            Ok(()) => tracing::info!(
+                from = soft,
+                to = hard,
+                "raised the open-files limit HAProxy inherits"
+            ),
             Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit"),
         },
         Ok(_) | Err(_) => {}
