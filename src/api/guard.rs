@@ -101,19 +101,23 @@ impl Admission {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a connection from `source`, or says why not.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Permit, Refused> {
+    /// Admits a connection from `source` to this host's address `to`, or
+    /// says why not. A caller on this host (loopback, or this host's own
+    /// address, which is where keepalived's check connects when the API
+    /// serves a certificate for the VM's address) may use the reserve.
+    pub fn admit(self: &Arc<Self>, source: IpAddr, to: IpAddr) -> Result<Permit, Refused> {
         let source = source.to_canonical();
+        let this_host = source.is_loopback() || source == to.to_canonical();
         let mut c = self.lock();
         let from_source = c.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.limits.max_per_source {
             return Err(Refused::TooManyFromSource);
         }
-        // Loopback callers use the public pool first, then their reserve.
+        // Callers on this host use the public pool first, then their reserve.
         let local = if c.public < self.limits.max_connections {
             c.public += 1;
             false
-        } else if source.is_loopback() && c.local < self.limits.local_reserve {
+        } else if this_host && c.local < self.limits.local_reserve {
             c.local += 1;
             true
         } else {
@@ -339,29 +343,45 @@ mod tests {
         let x: IpAddr = "203.0.113.1".parse().unwrap();
         let y: IpAddr = "203.0.113.2".parse().unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let p1 = a.admit(x).unwrap();
-        let _p2 = a.admit(x).unwrap();
-        assert_eq!(a.admit(x).unwrap_err(), Refused::TooManyFromSource);
-        let _p3 = a.admit(y).unwrap();
+        let vm: IpAddr = "198.18.0.11".parse().unwrap();
+        let p1 = a.admit(x, vm).unwrap();
+        let _p2 = a.admit(x, vm).unwrap();
+        assert_eq!(a.admit(x, vm).unwrap_err(), Refused::TooManyFromSource);
+        let _p3 = a.admit(y, vm).unwrap();
         assert_eq!(
-            a.admit("203.0.113.3".parse().unwrap()).unwrap_err(),
+            a.admit("203.0.113.3".parse().unwrap(), vm).unwrap_err(),
             Refused::TooMany
         );
         // The public pool is full; loopback still gets its reserve, once.
-        let l1 = a.admit(lo).unwrap();
-        assert_eq!(a.admit(lo).unwrap_err(), Refused::TooMany);
+        let l1 = a.admit(lo, lo).unwrap();
+        assert_eq!(a.admit(lo, lo).unwrap_err(), Refused::TooMany);
         // IPv4-mapped loopback is the same source as loopback.
         let one = Admission::new(limits(10, 1, 0));
-        let _held = one.admit(lo).unwrap();
+        let _held = one.admit(lo, lo).unwrap();
         assert_eq!(
-            one.admit("::ffff:127.0.0.1".parse().unwrap()).unwrap_err(),
+            one.admit("::ffff:127.0.0.1".parse().unwrap(), lo)
+                .unwrap_err(),
             Refused::TooManyFromSource
         );
         assert_eq!(a.open(), 4);
         drop(p1);
         drop(l1);
         assert_eq!(a.open(), 2);
-        let _ = a.admit(x).unwrap();
+        let _ = a.admit(x, vm).unwrap();
+    }
+
+    #[test]
+    fn a_caller_on_this_host_gets_the_reserve_through_the_vms_address() {
+        let a = Admission::new(limits(1, 10, 1));
+        let vm: IpAddr = "198.18.0.11".parse().unwrap();
+        let _full = a.admit("203.0.113.1".parse().unwrap(), vm).unwrap();
+        // keepalived's check on the VM, connecting to the VM's own address.
+        let _check = a.admit(vm, vm).unwrap();
+        // Another host cannot use the reserve, whatever address it reached.
+        assert_eq!(
+            a.admit("198.18.0.12".parse().unwrap(), vm).unwrap_err(),
+            Refused::TooMany
+        );
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub async fn serve(
             },
             () = crate::shutdown::signalled(&mut shutdown) => break,
         };
-        let permit = match admission.admit(peer.ip()) {
+        let to = tcp.local_addr().map_or(peer.ip(), |a| a.ip());
+        let permit = match admission.admit(peer.ip(), to) {
             Ok(p) => p,
             Err(why) => {
                 if let Some(m) = &metrics {
