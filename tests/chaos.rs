@@ -248,6 +248,27 @@ fn haproxy_masters(lab: &Lab, ns: &str) -> usize {
         .count()
 }
 
+/// Keeps the run's logs when the test panics before its final verdict
+/// (which keeps them itself); dropped before the lab removes them.
+struct KeepOnPanic {
+    dir: PathBuf,
+    seed: u64,
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = keep_logs(&self.dir, self.seed);
+            eprintln!(
+                "chaos run with seed {} failed (replay: LBMESH_CHAOS_SEED={}); logs kept in {}",
+                self.seed,
+                self.seed,
+                kept.display()
+            );
+        }
+    }
+}
+
 /// Copies every log and config of the run to a directory that outlives it.
 fn keep_logs(from: &Path, seed: u64) -> PathBuf {
     let to = std::env::temp_dir().join(format!("lbmesh-chaos-{seed}-{}", std::process::id()));
@@ -285,6 +306,10 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
     let mut lab = Lab::start(bin(), 3, 2);
     let mut children = Children::default();
     let dir = lab.dir.path().to_owned();
+    let _evidence = KeepOnPanic {
+        dir: dir.clone(),
+        seed,
+    };
 
     lab.wait_vip_holder(Duration::from_secs(15));
     phone_home(&lab, &mut children);
@@ -305,7 +330,9 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
             .spawn()
             .unwrap(),
     );
-    let rounds = (secs / CRASH_EVERY.as_secs()).max(1) as u32;
+    // A crash at the start and every CRASH_EVERY after, the last at `secs`
+    // or later: faults span the whole run.
+    let rounds = (secs.div_ceil(CRASH_EVERY.as_secs()) + 1) as u32;
     // Writes go on until the last crash; the last boot is then the last fault.
     let writing = CRASH_EVERY * (rounds - 1) + Duration::from_secs(1);
     let registrar_log = dir.join("registrar.log");
@@ -485,6 +512,7 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
     }
 
     if !failures.is_empty() {
+        drop(_evidence);
         drop(children);
         let kept = keep_logs(&dir, seed);
         drop(lab);
