@@ -50,6 +50,11 @@ fn status_check_and_notify_find_an_https_daemon_from_its_config() {
     assert!(out.contains("peer lb1"), "{out}");
     let (ok, out) = lbmesh(&["keepalived", "check", "--config", &cfg]);
     assert!(ok, "{out}");
+    // LBMESH_CONFIG says the same as --config.
+    let (ok, out) = lbmesh_env(&["status"], &[("LBMESH_CONFIG", &cfg)]);
+    assert!(ok && out.contains("peer lb1"), "{out}");
+    let (ok, out) = lbmesh_env(&["keepalived", "check"], &[("LBMESH_CONFIG", &cfg)]);
+    assert!(ok, "{out}");
     // drain (its timeout in the query) and undrain reach it the same way.
     let (ok, out) = lbmesh(&["drain", "--config", &cfg, "--timeout", "2s"]);
     assert!(
