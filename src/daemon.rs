@@ -223,6 +223,12 @@ pub async fn run(
             metrics: Some(metrics.clone()),
             own_ports: [api_addr.port(), settings.gossip.listen.port()].into(),
             local_addrs: Some(crate::mesh::addresses::local_addrs),
+            floating_ips: settings
+                .keepalived
+                .handoff
+                .iter()
+                .map(|h| std::net::IpAddr::V4(h.vip))
+                .collect(),
         },
         gossip_transport,
         shared.clone(),

@@ -189,6 +189,7 @@ impl Cluster {
                 metrics: None,
                 own_ports: Default::default(),
                 local_addrs: None,
+                floating_ips: Default::default(),
             },
             &net,
             shared.clone(),

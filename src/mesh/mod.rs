@@ -71,6 +71,9 @@ pub struct MeshSettings {
     /// Reads this VM's interface addresses, published so that no peer
     /// accepts a backend that loops back here (none in simulations).
     pub local_addrs: Option<addresses::ReadAddrs>,
+    /// The floating IP this mesh serves (`keepalived.vip`): never a
+    /// backend, whichever VM holds it, and while none does.
+    pub floating_ips: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl MeshSettings {
@@ -243,6 +246,7 @@ impl Mesh {
                 policy: registry_policy,
                 own_ports: settings.own_ports.clone(),
                 local_addrs: settings.local_addrs,
+                floating_ips: settings.floating_ips.clone(),
                 published_at: None,
             },
             beats: Default::default(),

@@ -81,6 +81,8 @@ pub(super) struct GuardInputs {
     pub policy: String,
     pub own_ports: std::collections::BTreeSet<u16>,
     pub local_addrs: Option<addresses::ReadAddrs>,
+    /// Addresses of the mesh whoever holds them (the configured VIP).
+    pub floating_ips: std::collections::BTreeSet<std::net::IpAddr>,
     /// When `meta/addrs` was last published (interfaces change: every 2 s).
     pub published_at: Option<Instant>,
 }
@@ -235,7 +237,7 @@ impl Observe {
             }
             // Backends must not point at any trusted peer (this one included).
             let guard = addresses::guard(
-                &Default::default(),
+                &self.guard.floating_ips,
                 &self.guard.own_ports,
                 cc.node_states()
                     .iter()
