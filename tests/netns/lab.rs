@@ -85,6 +85,8 @@ pub struct Lab {
     switch: String,
     namespaces: Vec<String>,
     node_servers: Vec<Child>,
+    /// Mounts to undo on drop (the VMs' own filesystems), innermost first.
+    mounts: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -95,6 +97,41 @@ impl Lab {
 
     /// [`Lab::start`] with `options`.
     pub fn start_with(bin: &Path, lbs: usize, nodes: usize, options: LabOptions) -> Lab {
+        let mut lab = Lab::network_with(bin, lbs, nodes, options);
+        std::fs::write(lab.dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let ca = lab.dir.path().join("ca");
+        run(Command::new(&lab.bin)
+            .args(["ca", "init", "--dir"])
+            .arg(&ca));
+        for lb in &lab.lbs {
+            run(Command::new(&lab.bin)
+                .args(["ca", "issue", "--node-id", &lb.name, "--dir"])
+                .arg(&ca));
+        }
+        for i in 0..lbs {
+            lab.start_lbmesh(i);
+        }
+        for i in 0..lbs {
+            lab.wait_healthy(i, Duration::from_secs(30));
+        }
+        for i in 0..lbs {
+            lab.wait_mesh(i, Duration::from_secs(30));
+        }
+        for i in 0..lbs {
+            lab.start_keepalived(i);
+        }
+        lab
+    }
+
+    /// The network alone: `lbs` load-balancer VMs (lb1 at 198.18.0.11, …)
+    /// with nothing running, and `nodes` Kubernetes nodes (198.18.0.21, …)
+    /// with their NodePort servers.
+    pub fn network(bin: &Path, lbs: usize, nodes: usize) -> Lab {
+        Self::network_with(bin, lbs, nodes, LabOptions::default())
+    }
+
+    /// [`Lab::network`] with `options`.
+    pub fn network_with(bin: &Path, lbs: usize, nodes: usize, options: LabOptions) -> Lab {
         require_root();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lm{}x{n}", std::process::id() % 100_000);
@@ -109,6 +146,7 @@ impl Lab {
             nodes: Vec::new(),
             namespaces: Vec::new(),
             node_servers: Vec::new(),
+            mounts: Vec::new(),
         };
         lab.add_ns(&lab.switch.clone());
         ip(&["-n", &lab.switch, "link", "add", "br0", "type", "bridge"]);
@@ -120,19 +158,11 @@ impl Lab {
             lab.host(&ns, &addr, 50 + i);
             lab.nodes.push((ns, addr));
         }
-        std::fs::write(lab.dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        let ca = lab.dir.path().join("ca");
-        run(Command::new(&lab.bin)
-            .args(["ca", "init", "--dir"])
-            .arg(&ca));
         for i in 1..=lbs {
             let ns = format!("{}lb{i}", lab.prefix);
             let addr = format!("198.18.0.{}", 10 + i);
             lab.host(&ns, &addr, i);
             let name = format!("lb{i}");
-            run(Command::new(&lab.bin)
-                .args(["ca", "issue", "--node-id", &name, "--dir"])
-                .arg(&ca));
             let dir = lab.dir.path().join(&name);
             std::fs::create_dir_all(&dir).unwrap();
             lab.lbs.push(LbVm {
@@ -146,18 +176,6 @@ impl Lab {
         }
         for i in 0..nodes {
             lab.start_node_server(i);
-        }
-        for i in 0..lbs {
-            lab.start_lbmesh(i);
-        }
-        for i in 0..lbs {
-            lab.wait_healthy(i, Duration::from_secs(30));
-        }
-        for i in 0..lbs {
-            lab.wait_mesh(i, Duration::from_secs(30));
-        }
-        for i in 0..lbs {
-            lab.start_keepalived(i);
         }
         lab
     }
@@ -841,6 +859,83 @@ impl Lab {
     }
 }
 
+/// VMs with a filesystem of their own, for following an install guide as
+/// written: each sees its own `/etc`, `/var/lib` and `/run`, and the lbmesh
+/// under test as `/usr/local/bin/lbmesh`.
+impl Lab {
+    /// Gives load balancer `i` its own root: `/etc` and `/var/lib` are the
+    /// host's with the VM's changes on top (kept in its directory), `/run`
+    /// starts empty, `/sys` shows the VM's network. Commands made with
+    /// [`Lab::on_vm`] run there.
+    pub fn give_own_root(&mut self, i: usize) {
+        let bin_dir = self.dir.path().join("usr-local-bin");
+        if !bin_dir.exists() {
+            std::fs::create_dir_all(&bin_dir).unwrap();
+            let installed = bin_dir.join("lbmesh");
+            if std::fs::hard_link(&self.bin, &installed).is_err() {
+                std::fs::copy(&self.bin, &installed).unwrap();
+            }
+        }
+        let root = self.lbs[i].dir.join("root");
+        for d in ["etc.up", "etc.work", "var-lib.up", "var-lib.work", "ns"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        // The mount namespace is kept by a bind mount of its handle, which
+        // must sit on a mount that does not propagate.
+        let ns = root.join("ns");
+        run(Command::new("mount").arg("--bind").arg(&ns).arg(&ns));
+        self.mounts.push(ns.clone());
+        run(Command::new("mount").arg("--make-private").arg(&ns));
+        let handle = ns.join("mnt");
+        std::fs::write(&handle, "").unwrap();
+        let r = |d: &str| root.join(d).display().to_string();
+        let script = format!(
+            "set -e
+             mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc
+             mount -t overlay overlay -o lowerdir=/var/lib,upperdir={},workdir={} /var/lib
+             mount -t tmpfs -o mode=755 tmpfs /run
+             mount -t sysfs sysfs /sys
+             mount --bind {} /usr/local/bin
+",
+            r("etc.up"),
+            r("etc.work"),
+            r("var-lib.up"),
+            r("var-lib.work"),
+            bin_dir.display()
+        );
+        run(Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.lbs[i].ns))
+            .arg("unshare")
+            .arg(format!("--mount={}", handle.display()))
+            .args(["--propagation", "private", "sh", "-c", &script]));
+        self.mounts.push(handle);
+    }
+
+    /// `program` to run on VM `i` (given its own root): in its network and
+    /// filesystem, from `/`, with a system's PATH.
+    pub fn on_vm(&self, i: usize, program: &str) -> Command {
+        let lb = &self.lbs[i];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", lb.ns))
+            .arg(format!(
+                "--mount={}",
+                lb.dir.join("root/ns/mnt").display()
+            ))
+            .args(["--wd=/", "--", program])
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a shell command line on VM `i`; its standard output. It must succeed.
+    pub fn vm_sh(&self, i: usize, script: &str) -> String {
+        run(self.on_vm(i, "sh").arg("-c").arg(script))
+    }
+}
+
 fn ns_pids(ns: &str) -> Vec<u32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
@@ -902,6 +997,9 @@ impl Drop for Lab {
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
 }
