@@ -498,7 +498,8 @@ impl Lab {
         )
     }
 
-    /// Which load balancer holds the VIP now, if exactly one does.
+    /// Which load balancer holds the VIP now, if exactly one does (with its
+    /// link up).
     pub fn vip_holder(&self) -> Option<usize> {
         let holders: Vec<usize> = (0..self.lbs.len())
             .filter(|i| {
@@ -507,7 +508,10 @@ impl Lab {
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                out.split_whitespace().any(|w| w == format!("{VIP}/24"))
+                // A crashed VM (its link down) keeps the address but
+                // answers nothing.
+                let mut words = out.split_whitespace();
+                words.nth(1) != Some("DOWN") && words.any(|w| w == format!("{VIP}/24"))
             })
             .collect();
         (holders.len() == 1).then(|| holders[0])
@@ -863,12 +867,17 @@ impl Lab {
 /// written: each sees its own `/etc`, `/var/lib` and `/run`, and the lbmesh
 /// under test as `/usr/local/bin/lbmesh`.
 impl Lab {
+    /// The directory every VM sees as `/usr/local/bin`.
+    pub fn installed_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("usr-local-bin")
+    }
+
     /// Gives load balancer `i` its own root: `/etc` and `/var/lib` are the
     /// host's with the VM's changes on top (kept in its directory), `/run`
     /// starts empty, `/sys` shows the VM's network. Commands made with
     /// [`Lab::on_vm`] run there.
     pub fn give_own_root(&mut self, i: usize) {
-        let bin_dir = self.dir.path().join("usr-local-bin");
+        let bin_dir = self.installed_bin_dir();
         if !bin_dir.exists() {
             std::fs::create_dir_all(&bin_dir).unwrap();
             let installed = bin_dir.join("lbmesh");
@@ -914,6 +923,11 @@ impl Lab {
     /// `program` to run on VM `i` (given its own root): in its network and
     /// filesystem, from `/`, with a system's PATH.
     pub fn on_vm(&self, i: usize, program: &str) -> Command {
+        self.on_vm_in(i, "/", program)
+    }
+
+    /// [`Lab::on_vm`] from directory `wd` (on the VM).
+    pub fn on_vm_in(&self, i: usize, wd: &str, program: &str) -> Command {
         let lb = &self.lbs[i];
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", lb.ns))
@@ -921,7 +935,8 @@ impl Lab {
                 "--mount={}",
                 lb.dir.join("root/ns/mnt").display()
             ))
-            .args(["--wd=/", "--", program])
+            // nsenter opens its --wd before it enters the mount namespace.
+            .args(["--wd=/", "--", "sh", "-c", "cd \"$0\" && exec \"$@\"", wd, program])
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
