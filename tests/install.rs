@@ -154,7 +154,10 @@ impl Install {
         let mut lab = Lab::network(bin(), 3, 1);
         for i in 0..3 {
             lab.give_own_root(i);
-            lab.vm_sh(i, "test -x /usr/local/bin/lbmesh && command -v haproxy keepalived");
+            lab.vm_sh(
+                i,
+                "test -x /usr/local/bin/lbmesh && command -v haproxy keepalived",
+            );
         }
         let trusted = lab.dir.path().join("trusted");
         std::fs::create_dir_all(&trusted).unwrap();
@@ -227,17 +230,24 @@ impl Install {
                 &format!("gossip-listen = \"198.18.0.1{n}:7946\""),
                 1,
             );
-            let c = adapt(&c, "/etc/lbmesh/lb1.crt", &format!("/etc/lbmesh/lb{n}.crt"), 2);
-            adapt(&c, "/etc/lbmesh/lb1.key", &format!("/etc/lbmesh/lb{n}.key"), 2)
+            let c = adapt(
+                &c,
+                "/etc/lbmesh/lb1.crt",
+                &format!("/etc/lbmesh/lb{n}.crt"),
+                2,
+            );
+            adapt(
+                &c,
+                "/etc/lbmesh/lb1.key",
+                &format!("/etc/lbmesh/lb{n}.key"),
+                2,
+            )
         };
         let staged = self.lab.lbs[i].dir.join("lbmesh.toml.new");
         std::fs::write(&staged, config).unwrap();
         self.lab.vm_sh(
             i,
-            &format!(
-                "cp {} /etc/lbmesh/lbmesh.toml",
-                staged.display()
-            ),
+            &format!("cp {} /etc/lbmesh/lbmesh.toml", staged.display()),
         );
     }
 
@@ -311,7 +321,11 @@ impl Install {
         let conf = self.lab.vm_sh(i, "cat /etc/keepalived/keepalived.conf");
         for peer in &self.lab.lbs {
             if peer.ip != self.lab.lbs[i].ip {
-                assert!(conf.contains(&peer.ip), "no unicast peer {}:\n{conf}", peer.ip);
+                assert!(
+                    conf.contains(&peer.ip),
+                    "no unicast peer {}:\n{conf}",
+                    peer.ip
+                );
             }
         }
         assert!(
@@ -326,11 +340,7 @@ impl Install {
     fn step7_curl(&self) -> serde_json::Value {
         let node = self.lab.dir.path().join("node");
         std::fs::create_dir_all(&node).unwrap();
-        std::fs::copy(
-            self.trusted.join("lbmesh-ca/ca.crt"),
-            node.join("ca.crt"),
-        )
-        .unwrap();
+        std::fs::copy(self.trusted.join("lbmesh-ca/ca.crt"), node.join("ca.crt")).unwrap();
         let token = std::fs::read_to_string(self.trusted.join("token")).unwrap();
         let (ns, addr) = &self.lab.nodes[0];
         assert_eq!(addr, "198.18.0.21");
@@ -387,13 +397,17 @@ fn the_three_vm_install_works_as_written() {
     install.step6_keepalived(1);
     install.step6_keepalived(2);
     for i in 0..3 {
-        eventually(Duration::from_secs(15), "the holder in lbmesh status", || {
-            let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;
-            match read_status(&text) {
-                (3, true, Some(h)) if h == "lb1" => Ok(()),
-                _ => Err(text),
-            }
-        });
+        eventually(
+            Duration::from_secs(15),
+            "the holder in lbmesh status",
+            || {
+                let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;
+                match read_status(&text) {
+                    (3, true, Some(h)) if h == "lb1" => Ok(()),
+                    _ => Err(text),
+                }
+            },
+        );
     }
 
     // Step 7: the curl goes to lb2, which does not hold the VIP.
@@ -402,35 +416,52 @@ fn the_three_vm_install_works_as_written() {
     assert_eq!(answer["result"], "registered", "{answer}");
     assert_eq!(answer["peer"], "lb2", "{answer}");
     let greeting = eventually(Duration::from_secs(15), "traffic through VIP:443", || {
-        install.lab.client_greeting(443).ok_or_else(|| "no answer".to_owned())
+        install
+            .lab
+            .client_greeting(443)
+            .ok_or_else(|| "no answer".to_owned())
     });
     assert_eq!(greeting, "node-k1");
 
     // A hard crash of the holder: frozen, link down, every process killed.
+    // Only a connection started once all that is done proves that traffic
+    // came back through another VM.
     let mut prober = install.lab.prober(443);
     std::thread::sleep(Duration::from_millis(300));
-    let crashed = install.lab.hard_crash(0);
+    let frozen = install.lab.hard_crash(0);
+    let dead = lab::now();
     let back = prober
-        .first_success_after(crashed, Duration::from_secs(10))
+        .first_success_after(dead, Duration::from_secs(10))
         .expect("traffic through VIP:443 came back after the holder crashed");
     drop(prober);
+    // The README promises "within a second"; tests/failover.rs and the
+    // benchmark hold it to that, this loaded CI machine to twice as much.
+    assert!(
+        back - frozen < 2.0,
+        "traffic came back {:.3} s after the crash",
+        back - frozen
+    );
     let new_holder = install.lab.wait_vip_holder(Duration::from_secs(5));
     assert_ne!(new_holder, 0);
     eprintln!(
         "lb1 crashed; lb{} holds the VIP, traffic back after {:.3} s",
         new_holder + 1,
-        back - crashed
+        back - frozen
     );
     assert_eq!(install.lab.client_greeting(443).as_deref(), Some("node-k1"));
     let name = format!("lb{}", new_holder + 1);
     for i in 1..3 {
-        eventually(Duration::from_secs(15), "the new holder in lbmesh status", || {
-            let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;
-            match read_status(&text) {
-                (_, _, Some(h)) if h == name => Ok(()),
-                _ => Err(text),
-            }
-        });
+        eventually(
+            Duration::from_secs(15),
+            "the new holder in lbmesh status",
+            || {
+                let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;
+                match read_status(&text) {
+                    (_, _, Some(h)) if h == name => Ok(()),
+                    _ => Err(text),
+                }
+            },
+        );
     }
     eprintln!("the install took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -931,12 +931,17 @@ impl Lab {
         let lb = &self.lbs[i];
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", lb.ns))
-            .arg(format!(
-                "--mount={}",
-                lb.dir.join("root/ns/mnt").display()
-            ))
+            .arg(format!("--mount={}", lb.dir.join("root/ns/mnt").display()))
             // nsenter opens its --wd before it enters the mount namespace.
-            .args(["--wd=/", "--", "sh", "-c", "cd \"$0\" && exec \"$@\"", wd, program])
+            .args([
+                "--wd=/",
+                "--",
+                "sh",
+                "-c",
+                "cd \"$0\" && exec \"$@\"",
+                wd,
+                program,
+            ])
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
