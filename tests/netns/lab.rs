@@ -905,6 +905,11 @@ impl Lab {
              mount -t tmpfs -o mode=755 tmpfs /run
              mount -t sysfs sysfs /sys
              mount --bind {} /usr/local/bin
+             # A fresh VM: nothing of an lbmesh or keepalived set up on this
+             # machine (whiteouts in the VM's layers; the host keeps its files).
+             [ \"$(findmnt -n -o FSTYPE -M /etc)\" = overlay ]
+             [ \"$(findmnt -n -o FSTYPE -M /var/lib)\" = overlay ]
+             rm -rf /etc/lbmesh /var/lib/lbmesh /etc/keepalived/keepalived.conf
 ",
             r("etc.up"),
             r("etc.work"),
