@@ -317,6 +317,7 @@ pub struct ChurnReport {
 pub fn churn_daemon(grace: Duration, check_interval: &str) -> Daemon {
     let toml = format!(
         "[registry]\nmin-ttl = \"1s\"\nmax-servers = 100000\nmax-frontends = 5000\n\
+         allowed-backends = [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\"]\n\
          [haproxy]\ncheck-interval = \"{check_interval}\"\ncheck-fall = 2\ncheck-rise = 1\n\
          empty-frontend-grace = \"{}ms\"\nhard-stop-after = \"30s\"\n",
         grace.as_millis()
