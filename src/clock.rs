@@ -96,7 +96,8 @@ impl Hlc {
     /// A stamp for a local event happening at wall time `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Stamp {
         let physical = Stamp::from_wall_ms(now_ms);
-        self.last = Stamp(physical.0.max(self.last.0 + 1));
+        // Saturating: a stamp restored from a damaged file may be the largest.
+        self.last = Stamp(physical.0.max(self.last.0.saturating_add(1)));
         self.last
     }
 
@@ -126,6 +127,14 @@ mod tests {
         let d = hlc.tick(1_001);
         assert!(d > Stamp::from_wall_ms(5_000));
         assert_eq!(d.wall_ms(), 5_000);
+    }
+
+    #[test]
+    fn the_largest_stamp_does_not_overflow_the_clock() {
+        let mut hlc = Hlc::default();
+        hlc.observe(Stamp(u64::MAX));
+        assert_eq!(hlc.tick(1_000), Stamp(u64::MAX));
+        assert_eq!(hlc.tick(1_000), Stamp(u64::MAX));
     }
 
     #[test]

@@ -164,6 +164,11 @@ pub enum Refusal {
     /// Beyond this peer's own size bounds (the entries served first stay).
     #[error(transparent)]
     Bound(#[from] OverBound),
+    /// Stamped or leased further ahead of this peer's clock than any lease
+    /// may last: no sane clock writes it, and held it would win every later
+    /// write (a stamp) or never expire (a lease end).
+    #[error("{what} is {} ahead of this peer's clock, beyond registry.max-ttl", seconds(*ahead))]
+    ClockAhead { what: &'static str, ahead: Duration },
 }
 
 impl Refusal {
@@ -175,6 +180,7 @@ impl Refusal {
             Self::Address(a) => a.label(),
             Self::PeerOverBound { .. } => "peer_over_bound",
             Self::Bound(b) => b.label(),
+            Self::ClockAhead { .. } => "clock_ahead",
         }
     }
 }
@@ -400,6 +406,22 @@ impl Registry {
         self.policy.check(key.frontend)?;
         self.backends.check(key.server.ip())?;
         Ok(())
+    }
+
+    /// Refuses a gossiped entry written, or leased, further ahead of
+    /// `now_ms` than the longest lease plus the skew bound.
+    fn check_times(&self, e: &Entry, now_ms: u64) -> Result<(), Refusal> {
+        let limit = (self.limits.max_ttl + self.limits.max_clock_skew).as_millis() as u64;
+        let horizon = now_ms.saturating_add(limit);
+        let (what, at) = match e.op {
+            Op::Add { expires_ms, .. } if expires_ms > horizon => ("its lease end", expires_ms),
+            _ if e.stamp.wall_ms() > horizon => ("its write", e.stamp.wall_ms()),
+            _ => return Ok(()),
+        };
+        Err(Refusal::ClockAhead {
+            what,
+            ahead: Duration::from_millis(at - now_ms),
+        })
     }
 
     /// Whether a frontend has a live server at `now_ms`.
@@ -791,14 +813,17 @@ impl Registry {
                 .get(&key)
                 .is_some_and(|ke| ke.by_peer.get(&peer).is_some());
             let bound = 2 * self.limits.max_servers;
-            let refusal = self.admit_statically(&key).err().or_else(|| {
-                (!known && self.per_peer.get(&peer.node).copied().unwrap_or(0) >= bound).then(
-                    || Refusal::PeerOverBound {
-                        peer: peer.node.clone(),
-                        max: bound,
-                    },
-                )
-            });
+            let refusal =
+                self.admit_statically(&key)
+                    .err()
+                    .or_else(|| self.check_times(e, now_ms).err())
+                    .or_else(|| {
+                        (!known && self.per_peer.get(&peer.node).copied().unwrap_or(0) >= bound)
+                            .then(|| Refusal::PeerOverBound {
+                                peer: peer.node.clone(),
+                                max: bound,
+                            })
+                    });
             if let Some(why) = refusal {
                 self.refuse_remote(&peer.node, key, e.name().clone(), why);
                 if !known {

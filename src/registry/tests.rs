@@ -667,3 +667,70 @@ proptest! {
         }
     }
 }
+
+/// A peer's entry stamped, or leased, absurdly far ahead (found by the
+/// gossip_merge fuzz target: a stamp of 2^64-1 made the next local write
+/// overflow the clock) is refused on arrival and listed with its reason;
+/// this peer's own writes to the key go on as before.
+#[test]
+fn gossip_from_far_in_the_future_is_refused() {
+    let mut r = reg();
+    let k = key(443, "198.18.0.9:30443");
+    let lb2: Origin = "lb2".parse().unwrap();
+    let lease = |stamp: u64, expires_ms: u64| Entry {
+        stamp: Stamp(stamp),
+        observed: Stamp(0),
+        op: Op::Add {
+            name: "svc".parse().unwrap(),
+            send_proxy: false,
+            since_ms: T0,
+            expires_ms,
+        },
+    };
+    let day = 24 * 3600 * 1000;
+    for (e, what) in [
+        (lease(u64::MAX, T0 + 60_000), "its write"),
+        (lease(Stamp::from_wall_ms(T0).0, u64::MAX), "its lease end"),
+        (
+            lease(Stamp::from_wall_ms(T0 + 2 * day).0, T0 + 60_000),
+            "its write",
+        ),
+        (
+            Entry {
+                stamp: Stamp(u64::MAX),
+                observed: Stamp(0),
+                op: Op::Delete {
+                    name: "svc".parse().unwrap(),
+                },
+            },
+            "its write",
+        ),
+    ] {
+        let m = r.merge_remote(k, lb2.clone(), Some(e), T0);
+        assert!(!m.changed, "{what}");
+        let refused = r.refused(T0, 10);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].reason, "clock_ahead");
+        assert!(
+            refused[0].message.starts_with(what)
+                && refused[0]
+                    .message
+                    .ends_with("ahead of this peer's clock, beyond registry.max-ttl"),
+            "{}",
+            refused[0].message
+        );
+        r.check_invariants().unwrap();
+    }
+    // A lease a day long from a clock a few seconds ahead is accepted.
+    let ok = lease(Stamp::from_wall_ms(T0 + 5_000).0, T0 + day + 5_000);
+    assert!(r.merge_remote(k, lb2.clone(), Some(ok), T0).changed);
+    assert!(r.refused(T0, 10).is_empty());
+    // This peer's own writes still take their stamps from its clock.
+    let c = r
+        .apply(add(443, "198.18.0.9:30443", "svc"), T0 + 1)
+        .unwrap();
+    assert!(c.entry.stamp.wall_ms() < T0 + 10_000);
+    r.apply(del(443, "198.18.0.9:30443", "svc"), T0 + 2)
+        .unwrap();
+    r.check_invariants().unwrap();
+}
