@@ -16,7 +16,6 @@
 use std::net::SocketAddr;
 
 use crate::clock::Stamp;
-use crate::registry::types::parse_server_ip;
 use crate::registry::{Entry, Key, Op, PeerId, ServiceName};
 
 pub const ENTRY_PREFIX: &str = "r1/";
@@ -51,12 +50,9 @@ pub fn decode_key(rest: &str) -> Result<Key, DecodeError> {
     let server: SocketAddr = server
         .parse()
         .map_err(|_| bad("key", "bad server address"))?;
-    // Same rules as an API request: no unspecified, multicast or port 0.
-    parse_server_ip("server", &server.ip().to_string()).map_err(|e| bad("key", e.to_string()))?;
-    if server.port() == 0 {
-        return Err(bad("key", "server port 0"));
-    }
-    Ok(Key { frontend, server })
+    // Same rules as an API request: no unspecified, multicast or port 0,
+    // and one form per address, so one server is one key.
+    Key::check(frontend, server).map_err(|e| bad("key", e.to_string()))
 }
 
 pub fn encode_value(e: &Entry) -> String {
@@ -219,6 +215,9 @@ mod tests {
             "443/127.0.0.1:0",
             "443/host:1",
             "70000/127.0.0.1:1",
+            // A second key for 198.18.0.9:1, which every API request and
+            // other peer writes in IPv4 form (found by fuzzing).
+            "443/[::ffff:198.18.0.9]:1",
         ] {
             assert!(decode_key(k).is_err(), "{k:?}");
         }

@@ -196,10 +196,49 @@ impl Serialize for Origin {
 pub type ServerAddr = SocketAddr;
 
 /// Identifies one server of one frontend: the unit a lease covers.
+/// Read back (from the store) only if the API could have accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "KeyFields")]
 pub struct Key {
     pub frontend: u16,
     pub server: ServerAddr,
+}
+
+/// A [`Key`] as written, before it is checked.
+#[derive(Deserialize)]
+struct KeyFields {
+    frontend: u16,
+    server: ServerAddr,
+}
+
+impl Key {
+    /// Refuses what no request could have registered: port 0, an address
+    /// that can never be a backend, or an IPv4 address in IPv6 form (the
+    /// API turns it into the IPv4 address, so it would be a second key for
+    /// one server).
+    pub fn check(frontend: u16, server: ServerAddr) -> Result<Key, FieldError> {
+        if frontend == 0 {
+            return Err(FieldError::new("frontend", "must not be port 0"));
+        }
+        if server.port() == 0 {
+            return Err(FieldError::new("server", "must not be port 0"));
+        }
+        let ip = parse_server_ip("server", &server.ip().to_string())?;
+        if ip != server.ip() {
+            return Err(FieldError::new(
+                "server",
+                format!("{} must be written as {ip}", server.ip()),
+            ));
+        }
+        Ok(Key { frontend, server })
+    }
+}
+
+impl TryFrom<KeyFields> for Key {
+    type Error = FieldError;
+    fn try_from(k: KeyFields) -> Result<Key, FieldError> {
+        Key::check(k.frontend, k.server)
+    }
 }
 
 impl fmt::Display for Key {

@@ -180,3 +180,48 @@ fn a_memory_store_keeps_what_a_file_store_keeps() {
     let (_, got) = Store::memory(disk);
     assert_eq!(got, vec![own(1, 10)]);
 }
+
+/// A snapshot (it carries no checksum) or log line naming a key no request
+/// could have registered is damage: recovery refuses it, naming the file,
+/// rather than restoring `bind :0` or a second key for one server (found by
+/// fuzzing the snapshot parser).
+#[test]
+fn a_stored_key_no_request_could_make_is_refused() {
+    let good = r#"{"frontend":443,"server":"198.18.0.9:30443"}"#;
+    let snapshot = |key: &str| {
+        format!(
+            r#"{{"version":2,"epoch":1,"records":[{{"key":{key},"entry":{{"stamp":1,"observed":0,"op":{{"Delete":{{"name":"svc"}}}}}}}}]}}"#
+        )
+    };
+    assert_eq!(parse_snapshot(snapshot(good).as_bytes()).unwrap().len(), 1);
+    for (bad, why) in [
+        (
+            r#"{"frontend":0,"server":"198.18.0.9:30443"}"#,
+            "frontend: must not be port 0",
+        ),
+        (
+            r#"{"frontend":443,"server":"198.18.0.9:0"}"#,
+            "server: must not be port 0",
+        ),
+        (
+            r#"{"frontend":443,"server":"0.0.0.0:1"}"#,
+            "cannot be a backend server address",
+        ),
+        (
+            r#"{"frontend":443,"server":"[::ffff:198.18.0.9]:1"}"#,
+            "::ffff:198.18.0.9 must be written as 198.18.0.9",
+        ),
+    ] {
+        let text = snapshot(bad);
+        let err = parse_snapshot(text.as_bytes()).unwrap_err();
+        assert!(err.contains(why), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SNAPSHOT), &text).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(SNAPSHOT) && err.contains(why), "{err}");
+        let json = text.split_once(r#""records":["#).unwrap().1;
+        let line = json.strip_suffix("]}").unwrap();
+        let wal = format!("{:08x} {line}", crc32fast::hash(line.as_bytes()));
+        assert!(parse_wal_line(&wal).unwrap_err().contains(why));
+    }
+}
