@@ -80,7 +80,10 @@ fuzz_target!(|data: &[u8]| {
         r.check_invariants().unwrap();
     }
     // Held entries from other peers stay bounded whatever they send.
-    let others = r.entries().filter(|(_, o, _)| o.node.as_str() != "me").count();
+    let others = r
+        .entries()
+        .filter(|(_, o, _)| o.node.as_str() != "me")
+        .count();
     assert!(others <= 2 * 2 * max_servers, "{others} entries held");
     let _ = r.summary(now);
     let _ = r.refused(now, 100);

@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 
 use lbmesh::haproxy::render::{RenderSettings, render};
-use lbmesh::registry::{Limits, PortPolicy, Registry};
 use lbmesh::registry::types::parse_server_ip;
+use lbmesh::registry::{Limits, PortPolicy, Registry};
 use lbmesh::store::{Record, parse_snapshot, parse_wal_line};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
     let own = reg.origin().clone();
     for r in records {
         // A record read back is one lbmesh could have written.
-        assert!(r.key.frontend >= 1 && r.key.server.port() >= 1, "{:?}", r.key);
+        assert!(
+            r.key.frontend >= 1 && r.key.server.port() >= 1,
+            "{:?}",
+            r.key
+        );
         assert!(parse_server_ip("ip", &r.key.server.ip().to_string()).is_ok());
         let Some(entry) = r.entry.filter(|e| reg.entry_matters(e, NOW)) else {
             continue;

@@ -1,4 +1,5 @@
-//! The typed API: path segments and the registration body.
+//! The typed API: path segments and the registration body. Parsing never
+//! panics, a parsed address is canonical, and the command is for the path.
 #![no_main]
 
 use lbmesh::api::input::register_command;
@@ -14,10 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = head.split('/');
     let (port, ip) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let key = match (parse_port("port", port), parse_server_ip("ip", ip)) {
-        (Ok(p), Ok(ip)) => Key {
-            frontend: p,
-            server: (ip, p).into(),
-        },
+        (Ok(p), Ok(ip)) => {
+            // One form per address: a mapped IPv6 path names the IPv4 server.
+            assert_eq!(ip.to_canonical(), ip);
+            Key {
+                frontend: p,
+                server: (ip, p).into(),
+            }
+        }
         _ => Key {
             frontend: 443,
             server: "203.0.113.7:30443".parse().unwrap(),
