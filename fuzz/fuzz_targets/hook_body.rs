@@ -15,19 +15,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         BodyFormat::Form
     };
-    if let Ok(fields) = parse_fields(format, body) {
-        if let Ok(cmd) = hook_command(&fields) {
-            let key = cmd.key();
-            assert!(key.frontend >= 1 && key.server.port() >= 1);
-            // A mapped IPv6 form never survives parsing: one server, one key.
-            assert!(key.server.ip().to_canonical() == key.server.ip());
-            let (Command::Register { name, .. } | Command::Delete { name, .. }) = &cmd;
-            assert!(
-                name.as_str()
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            );
-        }
+    if let Ok(fields) = parse_fields(format, body)
+        && let Ok(cmd) = hook_command(&fields)
+    {
+        let key = cmd.key();
+        assert!(key.frontend >= 1 && key.server.port() >= 1);
+        // A mapped IPv6 form never survives parsing: one server, one key.
+        assert!(key.server.ip().to_canonical() == key.server.ip());
+        let (Command::Register { name, .. } | Command::Delete { name, .. }) = &cmd;
+        assert!(
+            name.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        );
     }
     if let Ok(q) = std::str::from_utf8(body) {
         let _ = wait_query(Some(q), std::time::Duration::from_secs(30));
