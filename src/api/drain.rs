@@ -4,6 +4,8 @@
 //! the connections HAProxy still serves to finish; a drained peer takes the
 //! VIP no more, also after a restart, until it is undrained.
 
+use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -76,7 +78,7 @@ fn holders(st: &ApiState, me: &str) -> Vec<String> {
 }
 
 pub(super) async fn drain(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -137,7 +139,7 @@ pub(super) async fn drain(
     }
 }
 
-pub(super) async fn undrain(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+pub(super) async fn undrain(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let result = (|| {
         authorize(&st, &headers)?;
         let failover = st

@@ -1,5 +1,7 @@
 //! `GET /v1/events`: the recent events of this peer, oldest first.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -73,7 +75,7 @@ struct EventsOut {
 }
 
 pub(super) async fn events(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {

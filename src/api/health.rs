@@ -1,5 +1,7 @@
 //! `GET /healthz` (what keepalived's check asks) and `GET /metrics`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -75,7 +77,7 @@ pub async fn health_problems(st: &ApiState) -> Vec<String> {
 }
 
 /// 200 when this peer can serve (no [`health_problems`]).
-pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
+pub(super) async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
     let problems = health_problems(&st).await;
     let apply = st.apply.borrow().clone();
     let quarantined: Vec<u16> = apply.quarantined.keys().copied().collect();
@@ -90,7 +92,7 @@ pub(super) async fn healthz(State(st): State<ApiState>) -> Response {
     }
 }
 
-pub(super) async fn metrics(State(st): State<ApiState>) -> Response {
+pub(super) async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let now = st.registry.now_ms();
     let counts = st.registry.with(|r| r.refused_counts(now));
     st.metrics.set_refused(

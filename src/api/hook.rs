@@ -1,5 +1,7 @@
 //! `POST /hooks/update-haproxy`: the original phone-home call, JSON or form.
 
+use std::sync::Arc;
+
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
@@ -11,7 +13,7 @@ use super::input::{body_format, hook_command, parse_fields, wait_query};
 use super::submit::{ClientIp, respond, submit};
 
 pub(super) async fn hook(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     client: ClientIp,

@@ -96,5 +96,5 @@ pub fn router(state: ApiState) -> Router {
             ApiError::MethodNotAllowed(method.to_string())
         })
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }

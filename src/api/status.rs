@@ -1,5 +1,7 @@
 //! `GET /v1/status`: this peer, and in a mesh every peer it knows, as one document.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use axum::Json;
@@ -148,7 +150,7 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
     }
 }
 
-pub(super) async fn status(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+pub(super) async fn status(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&st, &headers) {
         return e.into_response();
     }

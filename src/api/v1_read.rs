@@ -1,5 +1,7 @@
 //! The typed reads: `GET /v1/frontends[/{frontend_port}]` and `GET /v1/whoami`.
 
+use std::sync::Arc;
+
 use std::net::SocketAddr;
 
 use axum::Json;
@@ -67,7 +69,10 @@ fn frontend_out(
     }
 }
 
-pub(super) async fn list_frontends(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+pub(super) async fn list_frontends(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = authorize(&st, &headers) {
         st.metrics.request("v1_list", e.code());
         return e.into_response();
@@ -87,7 +92,7 @@ pub(super) async fn list_frontends(State(st): State<ApiState>, headers: HeaderMa
 }
 
 pub(super) async fn get_frontend(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     ApiPath(port): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {

@@ -1,5 +1,7 @@
 //! The typed writes: `PUT` and `DELETE /v1/frontends/{frontend_port}/servers/{ip}/{port}`.
 
+use std::sync::Arc;
+
 use std::net::SocketAddr;
 
 use axum::extract::{RawQuery, State};
@@ -23,7 +25,7 @@ fn path_key(frontend: &str, ip: &str, port: &str) -> Result<Key, ApiError> {
 }
 
 pub(super) async fn register(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     ApiPath((frontend, ip, port)): ApiPath<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -53,7 +55,7 @@ pub(super) async fn register(
 }
 
 pub(super) async fn deregister(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     ApiPath((frontend, ip, port)): ApiPath<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

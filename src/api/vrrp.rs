@@ -1,6 +1,8 @@
 //! `POST /v1/vrrp`: keepalived's notify hook (`lbmesh keepalived notify`)
 //! reports this peer's VRRP state.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -13,7 +15,7 @@ use super::input::json_object;
 use crate::keepalived::Notification;
 
 pub(super) async fn report_vrrp(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {

@@ -332,6 +332,19 @@ pub struct Registry {
     dirty: BTreeSet<Key>,
     /// Own writes not yet on disk, with what each key held before.
     unsettled: BTreeMap<Key, own::Before>,
+    /// Per frontend port, its owner as last computed for a renewal; see
+    /// [`OwnerMemo`].
+    owners: BTreeMap<u16, OwnerMemo>,
+}
+
+/// A frontend's owner as computed at `from_ms`. Until one of its keys changes
+/// (which drops the memo) its live adds can only end, so the owner stays the
+/// same until the first of their leases ends at `until_ms`.
+#[derive(Debug, Clone)]
+struct OwnerMemo {
+    owner: Option<ServiceName>,
+    from_ms: u64,
+    until_ms: u64,
 }
 
 impl Registry {
@@ -355,6 +368,7 @@ impl Registry {
             leases: BTreeMap::new(),
             dirty: BTreeSet::new(),
             unsettled: BTreeMap::new(),
+            owners: BTreeMap::new(),
         }
     }
 
@@ -733,8 +747,45 @@ impl Registry {
             .map(|(name, _)| name.clone())
     }
 
+    /// Whether `name` owns `frontend` at `now_ms`: [`Registry::owner`],
+    /// remembered per frontend, so renewing one of many servers does not
+    /// look at all of them every time.
+    pub fn is_owner(&mut self, frontend: u16, name: &ServiceName, now_ms: u64) -> bool {
+        if let Some(m) = self.owners.get(&frontend)
+            && (m.from_ms..m.until_ms).contains(&now_ms)
+        {
+            return m.owner.as_ref() == Some(name);
+        }
+        let owner = self.owner(frontend, now_ms);
+        let until_ms = self
+            .live_in_with_ends(frontend, now_ms)
+            .map(|(_, _, end)| end)
+            .min()
+            .unwrap_or(u64::MAX);
+        let is = owner.as_ref() == Some(name);
+        self.owners.insert(
+            frontend,
+            OwnerMemo {
+                owner,
+                from_ms: now_ms,
+                until_ms,
+            },
+        );
+        is
+    }
+
     /// Live adds of one frontend as (name, since_ms).
     fn live_in(&self, frontend: u16, now_ms: u64) -> impl Iterator<Item = (&ServiceName, u64)> {
+        self.live_in_with_ends(frontend, now_ms)
+            .map(|(name, since, _)| (name, since))
+    }
+
+    /// Live adds of one frontend as (name, since_ms, lease end).
+    fn live_in_with_ends(
+        &self,
+        frontend: u16,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&ServiceName, u64, u64)> {
         let lo = Key {
             frontend,
             server: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -744,9 +795,9 @@ impl Registry {
             .take_while(move |(k, _)| k.frontend == frontend)
             .filter_map(move |(_, ke)| {
                 let e = ke.winner()?;
-                e.live_until(now_ms)?;
+                let end = e.live_until(now_ms)?;
                 match &e.op {
-                    Op::Add { name, since_ms, .. } => Some((name, *since_ms)),
+                    Op::Add { name, since_ms, .. } => Some((name, *since_ms, end)),
                     Op::Delete { .. } => None,
                 }
             })
@@ -755,6 +806,7 @@ impl Registry {
     /// Records `entry` as `peer`'s latest for `key` (or forgets it with `None`)
     /// and recomputes the winner. Used for own writes, restore and gossip.
     pub fn set_entry(&mut self, key: Key, peer: Origin, entry: Option<Entry>) {
+        self.owners.remove(&key.frontend);
         let ke = self.keys.entry(key).or_default();
         let before = ke.winner().map(Entry::is_delete);
         if peer == self.origin {

@@ -131,7 +131,7 @@ impl Registry {
         if held_name != *name || held_proxy != *send_proxy || published <= now_ms {
             return None;
         }
-        if self.owner(key.frontend, now_ms).as_ref() != Some(name) {
+        if !self.is_owner(key.frontend, name, now_ms) {
             return None;
         }
         let end = now_ms.saturating_add(ttl.as_millis() as u64);
@@ -284,7 +284,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    use super::super::{Command, Key, Limits, Origin, Outcome, PortPolicy, Registry};
+    use super::super::{Command, Key, Limits, Op, Origin, Outcome, PortPolicy, Registry};
     use super::Durability;
 
     const T0: u64 = 1_700_000_000_000;
@@ -516,5 +516,46 @@ mod tests {
         r.revert(T0 + 1_000);
         assert!(r.view(T0 + 1_000).frontends.contains_key(&443));
         assert!(!r.view(T0 + 600_000).frontends.contains_key(&443));
+    }
+
+    /// A renewal by a name that does not own the frontend is a write (and
+    /// refused there), also when the owner is remembered between renewals:
+    /// a change of any of the frontend's keys, or the end of the first lease
+    /// among them, decides again.
+    #[test]
+    fn a_renewal_by_a_name_that_lost_the_frontend_is_a_write() {
+        // Another peer's server on the same frontend under the name "other",
+        // registered before ours, with a lease ending at `end`.
+        let other = |r: &mut Registry, since_ms: u64, end: u64| {
+            let mut e = r.own_acknowledged(&key(S)).unwrap();
+            e.op = Op::Add {
+                name: "other".parse().unwrap(),
+                send_proxy: false,
+                since_ms,
+                expires_ms: end,
+            };
+            r.merge_remote(
+                key("203.0.113.9:1"),
+                "lb2".parse::<Origin>().unwrap(),
+                Some(e),
+                T0 + 1_500,
+            );
+        };
+        let mut r = registered();
+        assert!(r.renew(&add(S, 600, false), T0 + 1_000).is_some());
+        other(&mut r, T0 - 1_000, T0 + 5_000);
+        assert!(
+            r.renew(&add(S, 600, false), T0 + 2_000).is_none(),
+            "an older name arrived"
+        );
+        assert!(r.renew(&add(S, 600, false), T0 + 4_999).is_none());
+        assert!(
+            r.renew(&add(S, 600, false), T0 + 5_000).is_some(),
+            "its lease ended: the frontend is ours again"
+        );
+        // A newer name never takes the frontend.
+        let mut r = registered();
+        other(&mut r, T0 + 1, T0 + 500_000);
+        assert!(r.renew(&add(S, 600, false), T0 + 2_000).is_some());
     }
 }
