@@ -209,25 +209,34 @@ def summary(rows):
 
 
 def fsyncs(a, peer):
-    """fsync/fdatasync calls by thread while wrk renews 1,000 servers."""
+    """fsync/fdatasync calls by thread while wrk renews 1,000 servers: the
+    request path (tokio workers) against the store's writer thread, whose
+    calls are also shown per second (lease ends each second; a compaction
+    of the log now and then: a few more)."""
     trace = os.path.join(peer.dir, "strace.txt")
-    st = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", trace,
+    st = subprocess.Popen(["strace", "-f", "-qq", "-ttt", "-e", "trace=fsync,fdatasync", "-o", trace,
                            "-p", str(peer.proc.pid)], stderr=subprocess.DEVNULL)
     time.sleep(1)
     names = {t: open(f"/proc/{peer.proc.pid}/task/{t}/comm").read().strip()
              for t in os.listdir(f"/proc/{peer.proc.pid}/task")}
-    res = wrk(peer.url, 5, 10, 100)
+    t0 = time.time()
+    res = wrk(peer.url, 10, 10, 100)
     st.send_signal(signal.SIGINT)
     st.wait()
     by = collections.Counter()
+    store_seconds = collections.Counter()
     for line in open(trace):
-        m = re.match(r"(\d+)\s+(fsync|fdatasync)\(", line)
+        m = re.match(r"(\d+)\s+([\d.]+) (fsync|fdatasync)\(", line)
         if m:
-            by[names.get(m.group(1), "?")] += 1
+            thread = names.get(m.group(1), "?")
+            by[thread] += 1
+            if thread == "lbmesh-store" and float(m.group(2)) >= t0:
+                store_seconds[int(float(m.group(2)) - t0)] += 1
     store = sum(n for t, n in by.items() if t == "lbmesh-store")
     request_path = sum(n for t, n in by.items() if t != "lbmesh-store")
-    print(f"fsync+fdatasync during {res['requests']:,} renewals in 5 s (under strace): "
-          f"request path {request_path}, store thread {store} ({dict(by)})", flush=True)
+    print(f"fsync+fdatasync during {res['requests']:,} renewals in 10 s (under strace, "
+          f"{res['rps']:,.0f} req/s): request path {request_path}, store thread {store} ({dict(by)}); "
+          f"store thread per second of the wrk run: {[store_seconds[i] for i in range(10)]}", flush=True)
 
 
 def profile(a, peer):
