@@ -2,6 +2,7 @@
 //! module per command, output formatting apart from I/O.
 
 mod ca;
+mod docs;
 mod drain;
 mod format;
 mod keepalived;
@@ -12,6 +13,7 @@ mod target;
 pub mod usage;
 
 pub use ca::{CaCmd, CaInitArgs, CaIssueArgs, ca};
+pub use docs::{CompletionsArgs, ManPagesArgs, completions, man_pages, render_man_pages};
 pub use drain::{DrainArgs, UndrainArgs, drain, undrain};
 pub use format::format_status;
 pub use keepalived::{KeepalivedCmd, KeepalivedConfigArgs, keepalived};
@@ -28,7 +30,13 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "lbmesh",
     version,
-    about = "A mesh of redundant HAProxy load balancers fed by phone-home calls"
+    about = "A mesh of redundant HAProxy load balancers fed by phone-home calls",
+    long_about = "A mesh of redundant HAProxy load balancers fed by phone-home calls.\n\n\
+        Every load-balancer VM runs lbmesh serve: it takes the original phone-home \
+        call (POST /hooks/update-haproxy) on any VM, replicates the registry of \
+        backends to every other VM by gossip, and serves it through its HAProxy; \
+        keepalived moves a floating IP to a healthy VM through lbmesh keepalived. \
+        lbmesh phone-home is the client."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -55,6 +63,12 @@ pub enum Cmd {
     /// The cluster certificate authority for peer links.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Print a shell completion script, e.g. for bash:
+    /// lbmesh completions bash > /etc/bash_completion.d/lbmesh
+    Completions(CompletionsArgs),
+    /// Write the man pages into a directory (used to build the package).
+    #[command(hide = true)]
+    ManPages(ManPagesArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -69,6 +83,8 @@ pub async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
         // The check's exit code is its answer to keepalived.
         Cmd::Keepalived(cmd) => keepalived(cmd).await,
         Cmd::PhoneHome(args) => ok(phone_home(*args).await),
+        Cmd::Completions(args) => ok(completions(args)),
+        Cmd::ManPages(args) => ok(man_pages(args)),
     }
 }
 
