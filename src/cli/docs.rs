@@ -38,8 +38,7 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
 
 /// Writes lbmesh.1 and a page per visible command and subcommand.
 pub fn man_pages(args: ManPagesArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let pages = render_man_pages();
     for (name, text) in &pages {
         write_file(&args.dir.join(name), text)?;
