@@ -29,22 +29,25 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
     let now = st.registry.now_ms();
     let summary = st.registry.with(|r| r.summary(now));
     let generation = st.registry.with(|r| r.generation());
-    let apply = st.apply.borrow().clone();
     let running = st.haproxy.is_serving().await;
     let node_id = st.registry.with(|r| r.node().to_string());
     // A snapshot that includes every change this peer has made and applied,
-    // so its own row is never one change behind.
+    // so its own row is never one change behind. The applier's state is read
+    // afresh on each try: one captured before the wait may be replaced while
+    // waiting (a peer that starts applies several times in its first
+    // second), and no snapshot would then match it until the bound.
     let mesh = st
         .mesh
         .fresh(
             |m| {
                 m.registry_generation >= generation
                     && m.row(&node_id)
-                        .is_some_and(|me| me.config_digest == apply.config_digest)
+                        .is_some_and(|me| me.config_digest == st.apply.borrow().config_digest)
             },
             Duration::from_secs(1),
         )
         .await;
+    let apply = st.apply.borrow().clone();
     let (policy_digest, refused, counts) = st.registry.with(|r| {
         (
             crate::mesh::addresses::policy_digest(r),
