@@ -11,9 +11,12 @@ run, so the ratio between them is fair on a noisy machine:
 * catch-up (QUIC): a new peer joining a mesh that holds 10,000 servers, until
   its registry digest equals the others';
 * restart: a peer killed with SIGKILL and started again 1 s later (a write
-  made meanwhile elsewhere), until it says it has caught up and until it
-  holds the mesh's registry; UDP and QUIC meshes run side by side and the
-  restarts alternate between them, for 3 and 5 peers.
+  made meanwhile elsewhere): from its start until its status says it has
+  caught up, and until it holds the mesh's registry (both seen by a client
+  polling `/v1/status` every 10 ms), and the daemon's own figure (its
+  `caught_up_at_ms - started_ms`, from joining the mesh, without the
+  process start); UDP and QUIC meshes run side by side and the restarts
+  alternate between them, for 3 and 5 peers.
 
 Usage: bench/mesh.py [--bin target/release/lbmesh] [--samples 200] [--quick]
                      [--only restart]
@@ -299,8 +302,8 @@ def catch_up(m):
 
 def restart_once(m, victim, k):
     """SIGKILL peer `victim`, write elsewhere, start it 1 s later; seconds
-    from its start until it says it caught up, and until it holds the
-    mesh's registry."""
+    from its start until it says it caught up, until it holds the mesh's
+    registry, and the daemon's own time from joining to caught up."""
     m.procs[victim].kill()
     m.procs[victim].wait()
     time.sleep(1)
@@ -310,43 +313,51 @@ def restart_once(m, victim, k):
     want = m.status(0)["registry"]["digest"]
     t0 = time.time()
     m.start(victim)
-    caught = holds = None
+    caught = holds = own = None
     while time.time() - t0 < 60:
         try:
             s = m.status(victim)
             now = time.time() - t0
-            if caught is None and s.get("mesh", {}).get("caught_up"):
+            st = s.get("mesh", {})
+            if caught is None and st.get("caught_up"):
                 caught = now
+                own = (st["caught_up_at_ms"] - st["started_ms"]) / 1000
             if holds is None and s["registry"]["digest"] == want:
                 holds = now
             if caught is not None and holds is not None:
-                return caught, holds
+                return caught, holds, own
         except Exception:
             pass
         time.sleep(0.01)
     raise RuntimeError(f"lb{victim + 1} did not catch up within 60 s")
 
 
-def restarts(binary, root, samples):
+def restarts(binary, root, samples, sizes=(3, 5)):
     """Restart to caught-up, UDP and QUIC side by side, 3 and 5 peers."""
     out = {}
-    for n in (3, 5):
+    for n in sizes:
         meshes = {t: Mesh(binary, n, t, root, subnet=20 + i) for i, t in enumerate(("udp", "quic"))}
         try:
+            print(f"restart, {n} peers: load average {os.getloadavg()[0]:.2f} before", flush=True)
             got = {t: [] for t in meshes}
             for k in range(samples):
                 for t, m in meshes.items():
                     got[t].append(restart_once(m, 1 + k % (n - 1), k))
             for t, xs in got.items():
-                c = [x[0] for x in xs]
-                h = [x[1] for x in xs]
-                out[f"restart_{t}_{n}"] = (pct(c, .5), max(c), pct(h, .5), max(h))
-                print(f"restart {t:>4} {n} peers: caught up p50 {pct(c, .5):.2f} s max {max(c):.2f} s;"
-                      f" holds the registry p50 {pct(h, .5):.2f} s max {max(h):.2f} s ({len(xs)} restarts)",
+                row = []
+                for j, what in enumerate(("caught up", "holds the registry", "daemon's own")):
+                    v = [x[j] for x in xs]
+                    row.append((pct(v, .5), pct(v, .9), max(v)))
+                out[f"restart_{t}_{n}"] = row
+                print(f"restart {t:>4} {n} peers ({len(xs)} restarts): "
+                      + "; ".join(f"{what} p50 {a:.3f} p90 {b:.3f} max {c:.3f} s" for what, (a, b, c)
+                                  in zip(("caught up", "holds the registry", "daemon's own"), row)),
                       flush=True)
             u, q = out[f"restart_udp_{n}"], out[f"restart_quic_{n}"]
-            print(f"restart ratio quic/udp, {n} peers: caught up p50 {q[0] / u[0]:.2f} max {q[1] / u[1]:.2f};"
-                  f" holds p50 {q[2] / u[2]:.2f} max {q[3] / u[3]:.2f}", flush=True)
+            print(f"restart ratio quic/udp, {n} peers: "
+                  + "; ".join(f"{what} p50 {qa[0] / ua[0]:.2f} p90 {qa[1] / ua[1]:.2f}" for what, ua, qa
+                              in zip(("caught up", "holds", "daemon's own"), u, q))
+                  + f" (load average {os.getloadavg()[0]:.2f} after)", flush=True)
         finally:
             for m in meshes.values():
                 m.stop()
@@ -360,6 +371,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer samples and servers, for a smoke run")
     ap.add_argument("--only", choices=["restart"], help="run only this part")
     ap.add_argument("--restarts", type=int, default=12, help="restarts per transport and mesh size")
+    ap.add_argument("--peers", type=int, nargs="+", default=[3, 5], help="mesh sizes for the restarts")
     a = ap.parse_args()
     samples = 30 if a.quick else a.samples
     big = 2000 if a.quick else 10000
@@ -367,7 +379,7 @@ def main():
     results = {}
     if a.only == "restart":
         try:
-            print(json.dumps(restarts(a.bin, root, 4 if a.quick else a.restarts)))
+            print(json.dumps(restarts(a.bin, root, 4 if a.quick else a.restarts, a.peers)))
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return

@@ -251,6 +251,8 @@ impl Mesh {
             },
             beats: Default::default(),
             duplicates: BTreeMap::new(),
+            catch_up_pushed: None,
+            catch_up_push_every: settings.gossip_interval,
         };
         // The first snapshot before anyone can read one.
         observe.step(true).await;

@@ -72,6 +72,10 @@ pub(super) struct Observe {
     pub beats: DuplicateWatch,
     /// The duplicates last reported.
     pub duplicates: BTreeMap<String, Vec<ChitchatId>>,
+    /// While not caught up: when gossip was last pushed to every seed and
+    /// known peer, and how often it is (the gossip interval).
+    pub catch_up_pushed: Option<Instant>,
+    pub catch_up_push_every: Duration,
 }
 
 /// What this peer publishes so that no peer builds a forwarding loop to it,
@@ -358,9 +362,30 @@ impl Observe {
                     .map(|id| id.gossip_advertise_addr)
                     .collect();
             }
+            // While not caught up, every seed and every peer it knows of
+            // hears from it each gossip interval, rather than chitchat's one
+            // random seed a round: a restarted peer's first contact does not
+            // wait for the right draw, and its links (a handshake each, on
+            // QUIC) open in parallel.
+            if !snap.state.caught_up
+                && self
+                    .catch_up_pushed
+                    .is_none_or(|t| t.elapsed() >= self.catch_up_push_every)
+            {
+                self.catch_up_pushed = Some(Instant::now());
+                let mine = self.me.gossip_advertise_addr;
+                let mut everyone: Vec<SocketAddr> = cc.seed_nodes().into_iter().collect();
+                everyone.extend(cc.node_states().keys().map(|id| id.gossip_advertise_addr));
+                everyone.retain(|a| *a != mine && !catching_up.contains(a));
+                everyone.sort();
+                everyone.dedup();
+                catching_up.extend(everyone);
+            }
             (snap, catching_up)
         };
-        // A peer catching up gets the new list at once, not at its next round.
+        // Gossip now rather than at the next round: to a peer catching up (the
+        // new list), to every live peer (a new VRRP state), or from this peer
+        // while it catches up.
         for addr in push_to {
             let _ = self.handle.gossip(addr);
         }
