@@ -172,9 +172,53 @@ fn a_split_brain_heals_within_a_second_and_a_gossip_cut_moves_nothing() {
         assert_eq!(n, 1, "with gossip cut, {n} VMs answered for the VIP");
     }
     assert_eq!(lab.wait_vip_holder(Duration::from_secs(1)), new_holder);
+
+    // Both cut: nothing can tell the sides apart, and each VM keeps what
+    // VRRP gives it. When gossip comes back, the mesh heals the split.
+    for i in 0..3 {
+        lab.block(i, "lmvrrp", "ip protocol 112");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "two VMs answering for the VIP with both channels cut",
+        || obs.next().filter(|(_, n)| *n >= 2),
+    );
+    let start = Instant::now();
+    let mut single = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        let (_, n) = obs.next().expect("observer runs");
+        single += usize::from(n == 1);
+    }
+    eprintln!("both cut for 3 s: {single} samples with a single holder");
+    assert_eq!(single, 0, "with both channels cut, a side gave the VIP up");
+    let back = lab::now();
     for i in 0..3 {
         lab.unblock(i, "lmgossip");
     }
+    let one_at = one_holder_again(&mut obs, Duration::from_secs(15), Duration::from_secs(2));
+    eprintln!(
+        "both cut, then gossip back: one holder {:.3} s after gossip came back",
+        one_at - back
+    );
+    // The peers must first see each other live again, then confirm the
+    // split for 0.3 s.
+    assert!(
+        one_at - back <= 3.0,
+        "two VMs answered for the VIP {:.3} s after gossip came back",
+        one_at - back
+    );
+    for i in 0..3 {
+        lab.unblock(i, "lmvrrp");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every peer may hold the VIP again",
+        || {
+            (0..3)
+                .all(|i| failover_of(&lab, i)["may_hold"] == true)
+                .then_some(())
+        },
+    );
     let _ = holder;
 }
 
@@ -251,5 +295,213 @@ fn drain_hands_the_vip_over_without_a_failed_connection_and_undrain_brings_the_v
         eventually(Duration::from_secs(5), "traffic", || lab
             .client_greeting(443)),
         "node-k1"
+    );
+}
+
+/// Times keepalived's log of VM `i` says it entered MASTER state.
+fn master_entries(lab: &Lab, i: usize) -> usize {
+    std::fs::read_to_string(lab.lbs[i].dir.join("keepalived.log"))
+        .unwrap_or_default()
+        .matches("Entering MASTER STATE")
+        .count()
+}
+
+/// Waits until the observer has seen the same single VM answer for the VIP
+/// for a second; its MAC.
+fn settled(obs: &mut lab::ArpObserver) -> Option<String> {
+    let mut holder = None;
+    eventually(
+        Duration::from_secs(10),
+        "one VM answering for the VIP",
+        || {
+            let w = obs.watch(Duration::from_secs(1), &mut holder, "settling");
+            (w.samples > 0 && w.two_or_more == 0 && w.none == 0 && w.moves == 0).then_some(())
+        },
+    );
+    holder
+}
+
+fn add(total: &mut lab::Watch, w: &lab::Watch) {
+    total.samples += w.samples;
+    total.two_or_more += w.two_or_more;
+    total.none += w.none;
+    total.moves += w.moves;
+}
+
+/// A backup whose VM stalls (keepalived and lbmesh frozen for longer than
+/// VRRP's master-down interval, as a hypervisor pause or a starved VM does)
+/// or whose CPUs are saturated does not take the VIP, and there is never a
+/// moment when two VMs answer for it. The backup outranks the holder: the
+/// worst case, since VRRP gives the VIP to the higher priority of two
+/// MASTERs.
+#[test]
+fn a_stalled_or_starved_backup_does_not_take_the_vip() {
+    let (lab, mut holder) = serving_lab();
+    // lb1 has the highest priority; make it a backup if it holds the VIP.
+    if holder == 0 {
+        let (code, r) = lab.api_post(0, "/v1/drain?timeout=5", 10);
+        assert_eq!(code, 200, "{r}");
+        holder = lab.wait_vip_holder(Duration::from_secs(5));
+        let (code, r) = lab.api_post(0, "/v1/undrain", 5);
+        assert_eq!(code, 200, "{r}");
+        eventually(Duration::from_secs(10), "lb1 back as a backup", || {
+            (failover_of(&lab, 0)["may_hold"] == true).then_some(())
+        });
+    }
+    let backup = 0;
+    assert_ne!(holder, backup);
+    let mut obs = lab.arp_observer(20);
+    let mut mac = settled(&mut obs);
+    let before = master_entries(&lab, backup);
+    let mut total = lab::Watch::default();
+    // The master-down interval is 6 × 0.04 s plus a skew: about 0.25 s.
+    for stall in [0.5, 1.0, 2.0] {
+        let frozen = lab.stall(
+            backup,
+            &[Lab::KEEPALIVED, Lab::LBMESH],
+            Duration::from_secs_f64(stall),
+        );
+        let w = obs.watch(Duration::from_secs(2), &mut mac, "after a stall");
+        eprintln!(
+            "lb{} (backup) frozen for {:.3} s: {w:?} in the 2 s after",
+            backup + 1,
+            frozen.as_secs_f64()
+        );
+        add(&mut total, &w);
+    }
+    // A paused VM also loses the adverts sent while it is paused (its
+    // queues are finite): none wait in its socket when it goes on.
+    for stall in [0.5, 1.0] {
+        let start = Instant::now();
+        let frozen = lab.freeze(backup, &[Lab::KEEPALIVED, Lab::LBMESH]);
+        lab.block(backup, "lmpause", "ip protocol 112");
+        std::thread::sleep(Duration::from_secs_f64(stall));
+        lab.unblock(backup, "lmpause");
+        lab::thaw(&frozen);
+        let w = obs.watch(Duration::from_secs(2), &mut mac, "after a lossy stall");
+        eprintln!(
+            "lb{} (backup) frozen for {:.3} s, the adverts sent meanwhile lost: {w:?} in the 2 s after",
+            backup + 1,
+            start.elapsed().as_secs_f64()
+        );
+        add(&mut total, &w);
+    }
+    {
+        let stress = lab.saturate_cpus(backup, 10);
+        let w = obs.watch(Duration::from_secs(8), &mut mac, "CPUs saturated");
+        eprintln!(
+            "lb{} (backup) with {} stress-ng workers for 8 s: {w:?}",
+            backup + 1,
+            stress.workers
+        );
+        add(&mut total, &w);
+    }
+    let entered = master_entries(&lab, backup) - before;
+    eprintln!("starved backup: {total:?}; it entered MASTER state {entered} times");
+    assert_eq!(entered, 0, "the starved backup became VRRP MASTER");
+    assert_eq!(total.two_or_more, 0, "two VMs answered for the VIP");
+    assert_eq!(total.moves, 0, "the VIP moved");
+    assert_eq!(lab.vip_holder(), Some(holder));
+}
+
+/// The holder keeps the VIP through a brief stall of its lbmesh (frozen for
+/// 0.8 s), alone and while its CPUs are saturated; through a health problem
+/// shorter than a second; and, while its own timers fire late (its local
+/// health score is up), through a longer one. A problem that lasts moves
+/// the VIP: the grace has an end.
+#[test]
+fn a_stalled_or_starved_holder_keeps_the_vip() {
+    let (lab, holder) = serving_lab();
+    let mut obs = lab.arp_observer(20);
+    let mut mac = settled(&mut obs);
+    let mut total = lab::Watch::default();
+    for _ in 0..2 {
+        let frozen = lab.stall(holder, &[Lab::LBMESH], Duration::from_millis(800));
+        let w = obs.watch(Duration::from_secs(2), &mut mac, "holder stalled");
+        eprintln!(
+            "lb{} (holder) lbmesh frozen for {:.3} s: {w:?} in the 2 s after; local health {}",
+            holder + 1,
+            frozen.as_secs_f64(),
+            failover_of(&lab, holder)["local_health"]
+        );
+        add(&mut total, &w);
+    }
+    {
+        let stress = lab.saturate_cpus(holder, 8);
+        let w = obs.watch(Duration::from_secs(2), &mut mac, "CPUs saturated");
+        add(&mut total, &w);
+        let frozen = lab.stall(holder, &[Lab::LBMESH], Duration::from_millis(800));
+        let w = obs.watch(Duration::from_secs(4), &mut mac, "CPUs saturated, stalled");
+        eprintln!(
+            "lb{} (holder) with {} stress-ng workers, lbmesh frozen for {:.3} s: {w:?}; local health {}",
+            holder + 1,
+            stress.workers,
+            frozen.as_secs_f64(),
+            failover_of(&lab, holder)["local_health"]
+        );
+        add(&mut total, &w);
+    }
+    assert_eq!(total.two_or_more, 0, "two VMs answered for the VIP");
+    assert_eq!(total.moves, 0, "the VIP moved");
+    assert_eq!(lab.vip_holder(), Some(holder));
+
+    // Health problems: HAProxy's health socket out of reach for a while.
+    let socket = lab.lbs[holder].dir.join("data/haproxy-health.sock");
+    assert!(socket.exists(), "{}", socket.display());
+    let hidden = socket.with_extension("hidden");
+    let problem = |d: Duration| {
+        std::fs::rename(&socket, &hidden).unwrap();
+        std::thread::sleep(d);
+        std::fs::rename(&hidden, &socket).unwrap();
+    };
+    problem(Duration::from_millis(600));
+    let w = obs.watch(Duration::from_secs(2), &mut mac, "short problem");
+    eprintln!(
+        "a 0.6 s health problem on the holder (local health {}): {w:?}",
+        failover_of(&lab, holder)["local_health"]
+    );
+    assert_eq!((w.moves, w.two_or_more), (0, 0), "{w:?}");
+    assert_eq!(lab.vip_holder(), Some(holder));
+
+    // Late timers: lbmesh frozen briefly, again and again.
+    for _ in 0..8 {
+        lab.stall(holder, &[Lab::LBMESH], Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let score = failover_of(&lab, holder)["local_health"]
+        .as_u64()
+        .unwrap_or(0);
+    problem(Duration::from_millis(2_500));
+    let w = obs.watch(
+        Duration::from_secs(2),
+        &mut mac,
+        "long problem, late timers",
+    );
+    eprintln!("a 2.5 s health problem on the holder with local health {score}: {w:?}");
+    assert!(score >= 4, "local health {score} after eight stalls");
+    assert_eq!((w.moves, w.two_or_more), (0, 0), "{w:?}");
+    assert_eq!(lab.vip_holder(), Some(holder));
+
+    // A problem that lasts: the holder gives the VIP up within the longest
+    // grace (nine seconds, at the highest local-health score).
+    std::fs::rename(&socket, &hidden).unwrap();
+    let t = Instant::now();
+    let moved = eventually(
+        Duration::from_secs(11),
+        "the VIP to leave an unhealthy holder",
+        || lab.vip_holder().filter(|h| *h != holder),
+    );
+    std::fs::rename(&hidden, &socket).unwrap();
+    eprintln!(
+        "a lasting health problem on the holder: the VIP moved to {} after {:.1} s",
+        lab.lbs[moved].name,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        failover_of(&lab, holder)["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HAProxy does not answer")
+            || lab.log(holder).contains("HAProxy does not answer")
     );
 }

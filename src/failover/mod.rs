@@ -204,6 +204,13 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
                     "split brain: another live peer also holds the VIP; {holder} (the newest MASTER) keeps it and this peer steps down"
                 );
             }
+            Some(Event::HolderChanged { from, holder }) => {
+                tracing::warn!(
+                    from = %from,
+                    holder = %holder,
+                    "split brain: {from} gave the VIP up and {holder} holds it; this peer stays out"
+                );
+            }
             Some(Event::Rejoined { why }) => {
                 tracing::info!("split brain over ({why}): this peer may hold the VIP again");
             }

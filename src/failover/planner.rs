@@ -11,7 +11,9 @@
 //!    the VIP (its gratuitous ARPs are the ones clients followed last; the
 //!    node id breaks ties) and the others step down. A peer that stepped
 //!    down stays out while the holder still claims MASTER and is live, until
-//!    VRRP adverts from the holder reach it again (VRRP works again).
+//!    VRRP adverts from the holder reach it again (VRRP works again). When
+//!    the holder gives the VIP up, it stays out for the newest live MASTER,
+//!    if there is one: it rejoins only when no live peer holds the VIP.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -87,6 +89,9 @@ pub enum Verdict {
 pub enum Event {
     /// This peer steps down from a split brain in favour of `holder`.
     SteppedDown { holder: String, rivals: Vec<String> },
+    /// The peer this one stepped down for gave the VIP up, and `holder`,
+    /// another live MASTER, holds it now: this peer stays out.
+    HolderChanged { from: String, holder: String },
     /// The split brain this peer stepped down from is over.
     Rejoined { why: &'static str },
 }
@@ -142,25 +147,45 @@ impl Planner {
             self.conflict_since = None;
         }
         if let Some(holder) = self.yielded_to.clone() {
-            let peer = i.peers.iter().find(|p| p.node == holder);
-            let still_master = peer.is_some_and(|p| {
+            let instance = i.own.map(|c| c.instance.as_str());
+            let holds = |p: &Peer| {
                 p.live
-                    && p.claim
-                        .as_ref()
-                        .is_some_and(|c| c.state == VrrpState::Master)
-            });
+                    && p.node != i.me
+                    && p.claim.as_ref().is_some_and(|c| {
+                        c.state == VrrpState::Master && instance.is_none_or(|n| n == c.instance)
+                    })
+            };
+            let peer = i.peers.iter().find(|p| p.node == holder);
             let heard = peer
                 .and_then(|p| p.addr)
                 .and_then(|a| i.adverts.get(&a))
                 .is_some_and(|t| now.saturating_sub(*t) <= ADVERT_FRESH_MS);
-            if !still_master || heard {
+            // The holder gave the VIP up while VRRP is still cut: another
+            // live MASTER (the newest) holds it now, and this peer stays out
+            // for it. Rejoining would make this peer the newest MASTER, and
+            // the VIP would go round the peers that stepped down.
+            let next = (!heard && !peer.is_some_and(holds))
+                .then(|| {
+                    i.peers
+                        .iter()
+                        .filter(|p| holds(p))
+                        .max_by_key(|p| (p.claim.as_ref().map_or(0, |c| c.since_ms), &p.node))
+                })
+                .flatten();
+            if let Some(next) = next {
+                self.yielded_to = Some(next.node.clone());
+                event = Some(Event::HolderChanged {
+                    from: holder,
+                    holder: next.node.clone(),
+                });
+            } else if heard || !peer.is_some_and(holds) {
                 self.yielded_to = None;
                 self.conflict_since = None;
                 event = Some(Event::Rejoined {
                     why: if heard {
                         "the holder's VRRP adverts reach this peer again"
                     } else {
-                        "the holder no longer holds the VIP"
+                        "no live peer holds the VIP"
                     },
                 });
             }
@@ -351,6 +376,49 @@ mod tests {
         w.own = Some(claim(VrrpState::Fault, 2_000));
         w.peers[0].live = false;
         assert_eq!(w.step(&mut p, 3_000).0, Verdict::MayHold);
+    }
+
+    #[test]
+    fn a_peer_that_stepped_down_stays_out_for_the_next_holder_while_vrrp_is_cut() {
+        // Three MASTERs with VRRP cut: "a" steps down for "bb" (newest it
+        // sees), then "bb" steps down for "ccc": "a" stays out for "ccc"
+        // instead of rejoining as the newest MASTER.
+        let mut w = World::new(
+            Some(claim(VrrpState::Master, 100)),
+            vec![
+                peer("bb", true, Some(claim(VrrpState::Master, 500))),
+                peer("ccc", true, Some(claim(VrrpState::Backup, 50))),
+            ],
+        );
+        let mut p = Planner::default();
+        w.step(&mut p, 1_000);
+        assert!(matches!(
+            w.step(&mut p, 1_000 + CONFIRM_MS).1,
+            Some(Event::SteppedDown { .. })
+        ));
+        w.own = Some(claim(VrrpState::Fault, 1_400));
+        w.peers[1].claim = Some(claim(VrrpState::Master, 600));
+        w.peers[0].claim = Some(claim(VrrpState::Fault, 1_500));
+        let (v, e) = w.step(&mut p, 2_000);
+        assert_eq!(
+            v,
+            Verdict::Fault(Why::SplitBrain {
+                holder: "ccc".into()
+            })
+        );
+        assert_eq!(
+            e,
+            Some(Event::HolderChanged {
+                from: "bb".into(),
+                holder: "ccc".into()
+            })
+        );
+        assert_eq!(w.step(&mut p, 3_000), (v, None));
+        // Nobody holds it any more: back as a candidate.
+        w.peers[1].live = false;
+        let (v, e) = w.step(&mut p, 4_000);
+        assert_eq!(v, Verdict::MayHold);
+        assert!(matches!(e, Some(Event::Rejoined { .. })));
     }
 
     #[test]

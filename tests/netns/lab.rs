@@ -850,13 +850,70 @@ impl Lab {
         Prober { child, lines }
     }
 
+    /// Freezes (SIGSTOP) the processes of VM `i` whose command line contains
+    /// one of `needles` for `stall`, then lets them go on (SIGCONT): a VM, or
+    /// one of its daemons, starved of CPU. Returns how long they were frozen.
+    pub fn stall(&self, i: usize, needles: &[&str], stall: Duration) -> Duration {
+        let start = Instant::now();
+        let frozen = self.freeze(i, needles);
+        std::thread::sleep(stall);
+        thaw(&frozen);
+        start.elapsed()
+    }
+
+    /// Freezes (SIGSTOP) the processes of VM `i` whose command line contains
+    /// one of `needles`; [`thaw`] lets them go on.
+    pub fn freeze(&self, i: usize, needles: &[&str]) -> Vec<u32> {
+        let pids: Vec<u32> = needles
+            .iter()
+            .flat_map(|n| self.pids_matching(&self.lbs[i].ns, n))
+            .collect();
+        assert!(
+            !pids.is_empty(),
+            "nothing matches {needles:?} in lb{}",
+            i + 1
+        );
+        signal_all(&pids, "STOP");
+        pids
+    }
+
+    /// VM `i`'s keepalived (its parent and VRRP processes).
+    pub const KEEPALIVED: &'static str = "keepalived.conf";
+    /// VM `i`'s lbmesh daemon.
+    pub const LBMESH: &'static str = "serve --config";
+
+    /// Saturates the machine's CPUs for `secs` seconds with `stress-ng`
+    /// inside VM `i` (twice as many workers as CPUs, at the priority of
+    /// lbmesh): a VM starved of CPU. Stops when dropped.
+    pub fn saturate_cpus(&self, i: usize, secs: u64) -> Stress {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lbs[i].ns, "stress-ng", "--cpu"])
+            .arg((2 * cpus).to_string())
+            .arg("--timeout")
+            .arg(format!("{secs}s"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stress-ng (apt-get install stress-ng)");
+        Stress {
+            child,
+            workers: 2 * cpus,
+        }
+    }
+
     /// Processes inside namespace `ns` whose command line contains `needle`.
     pub fn pids_matching(&self, ns: &str, needle: &str) -> Vec<u32> {
         ns_pids(ns)
             .into_iter()
             .filter(|p| {
+                // The arguments are NUL-separated: match them space-separated.
                 std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .contains(needle)
+                    })
                     .unwrap_or(false)
             })
             .collect()
@@ -974,8 +1031,13 @@ fn ns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Lets processes frozen by [`Lab::freeze`] go on (SIGCONT).
+pub fn thaw(pids: &[u32]) {
+    signal_all(pids, "CONT");
+}
+
 /// Sends `sig` to every process in `pids` with one `kill`.
-fn signal_all(pids: &[u32], sig: &str) {
+pub fn signal_all(pids: &[u32], sig: &str) {
     if pids.is_empty() {
         return;
     }
@@ -1076,6 +1138,34 @@ impl Prober {
     }
 }
 
+/// CPU saturation started by [`Lab::saturate_cpus`]; stopped when dropped.
+pub struct Stress {
+    child: Child,
+    pub workers: usize,
+}
+
+impl Drop for Stress {
+    fn drop(&mut self) {
+        // `ip netns exec` execs stress-ng, whose workers end with it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an [`ArpObserver`] saw over a while.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub samples: u64,
+    /// Samples in which two or more VMs answered for the VIP.
+    pub two_or_more: u64,
+    /// Samples in which no VM answered.
+    pub none: u64,
+    /// Times the single VM answering changed.
+    pub moves: u64,
+}
+
 /// Counts the VMs that answer ARP for the VIP, sample by sample.
 pub struct ArpObserver {
     child: Child,
@@ -1085,9 +1175,51 @@ pub struct ArpObserver {
 impl ArpObserver {
     /// The next sample: (Unix seconds, how many VMs answered).
     pub fn next(&mut self) -> Option<(f64, usize)> {
+        self.next_macs().map(|(t, macs)| (t, macs.len()))
+    }
+
+    /// The next sample: (Unix seconds, the MAC addresses that answered).
+    pub fn next_macs(&mut self) -> Option<(f64, Vec<String>)> {
         let line = self.lines.next()?.ok()?;
         let mut w = line.split_whitespace();
-        Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        let t = w.next()?.parse().ok()?;
+        let n: usize = w.next()?.parse().ok()?;
+        let macs: Vec<String> = w
+            .next()
+            .map(|m| m.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        (macs.len() == n).then_some((t, macs))
+    }
+
+    /// Samples for `d` from now, counting those in which not exactly one VM
+    /// answered and the changes of the one that did; `holder` is the MAC
+    /// that answered last (updated). Prints every sample that was not one
+    /// holder, with `label`.
+    pub fn watch(&mut self, d: Duration, holder: &mut Option<String>, label: &str) -> Watch {
+        let start = Instant::now();
+        let mut w = Watch::default();
+        while start.elapsed() < d {
+            let (t, macs) = self.next_macs().expect("the ARP observer runs");
+            w.samples += 1;
+            match macs.len() {
+                0 => w.none += 1,
+                1 => {
+                    if holder.as_ref().is_some_and(|h| *h != macs[0]) {
+                        w.moves += 1;
+                        eprintln!("{label}: {t:.3}: the VIP moved to {}", macs[0]);
+                    }
+                    *holder = Some(macs[0].clone());
+                }
+                _ => {
+                    w.two_or_more += 1;
+                    eprintln!(
+                        "{label}: {t:.3}: {} VMs answer for the VIP: {macs:?}",
+                        macs.len()
+                    );
+                }
+            }
+        }
+        w
     }
 }
 
