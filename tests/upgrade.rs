@@ -193,7 +193,7 @@ fn a_rolling_upgrade_under_load_resets_and_fails_no_connection() {
     // Every VM runs the new binary.
     for lb in &lab.lbs {
         assert_eq!(
-            lab.pids_matching(&lb.ns, "lbmesh-next\0serve").len(),
+            lab.pids_matching(&lb.ns, "lbmesh-next serve").len(),
             1,
             "{} runs the new binary",
             lb.name
