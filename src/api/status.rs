@@ -27,7 +27,9 @@ fn apply_in_step(st: &ApiState, apply: &ApplyStatus) -> bool {
 /// The status of this peer (and, in a mesh, of every peer it knows).
 pub async fn node_status(st: &ApiState) -> NodeStatus {
     let now = st.registry.now_ms();
-    let summary = st.registry.with(|r| r.summary(now));
+    // One pass over the registry for the digest, counts and refusals.
+    let report = st.registry.with(|r| r.report(now, 100));
+    let summary = report.summary;
     let generation = st.registry.with(|r| r.generation());
     let running = st.haproxy.is_serving().await;
     let node_id = st.registry.with(|r| r.node().to_string());
@@ -48,13 +50,10 @@ pub async fn node_status(st: &ApiState) -> NodeStatus {
         )
         .await;
     let apply = st.apply.borrow().clone();
-    let (policy_digest, refused, counts) = st.registry.with(|r| {
-        (
-            crate::mesh::addresses::policy_digest(r),
-            r.refused(now, 100),
-            r.refused_counts(now),
-        )
-    });
+    let policy_digest = st
+        .registry
+        .with(|r| crate::mesh::addresses::policy_digest(r));
+    let (refused, counts) = (report.refused, report.counts);
     let policies_differ = mesh
         .peers
         .iter()

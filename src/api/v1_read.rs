@@ -1,8 +1,8 @@
 //! The typed reads: `GET /v1/frontends[/{frontend_port}]` and `GET /v1/whoami`.
 
-use std::sync::Arc;
-
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
@@ -17,56 +17,108 @@ use super::extract::ApiPath;
 use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::stats::{Health, ServerHealth};
 use crate::registry::types::parse_port;
-use crate::registry::{FrontendView, RegistryView};
-use crate::status::rfc3339;
+use crate::registry::view::ConflictView;
+use crate::registry::{FrontendView, Origin, RegistryView, ServiceName};
 
+/// One server as the API shows it. Borrows the view and formats while it
+/// is written: a list of 100,000 servers costs the bytes of the answer,
+/// not a copy of every field first.
 #[derive(Serialize)]
-struct ServerOut {
-    address: String,
+struct ServerOut<'a> {
+    address: &'a SocketAddr,
     send_proxy: bool,
-    since: String,
-    expires_at: String,
+    since: Rfc3339,
+    expires_at: Rfc3339,
     expires_in_seconds: u64,
-    origin: String,
+    origin: &'a Origin,
     /// What HAProxy's health check says, once it has been read.
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<Health>,
 }
 
-#[derive(Serialize)]
-struct FrontendOut {
-    port: u16,
-    owner: String,
-    servers: Vec<ServerOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quarantined: Option<String>,
+/// A time in milliseconds since the epoch, written as RFC 3339 (seconds).
+struct Rfc3339(u64);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0);
+        s.collect_str(&humantime::format_rfc3339_seconds(t))
+    }
 }
 
-fn frontend_out(
-    f: &FrontendView,
+#[derive(Serialize)]
+struct FrontendOut<'a> {
+    port: u16,
+    owner: &'a ServiceName,
+    servers: ServersOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<&'a String>,
+}
+
+/// The servers of one frontend, written one by one.
+struct ServersOut<'a> {
+    frontend: &'a FrontendView,
     now: u64,
-    apply: &ApplyStatus,
-    health: &ServerHealth,
-) -> FrontendOut {
-    let served = health.frontends.get(&f.port);
+    health: Option<&'a BTreeMap<SocketAddr, Health>>,
+}
+
+impl Serialize for ServersOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.frontend.servers.iter().map(|(addr, v)| ServerOut {
+            address: addr,
+            send_proxy: v.send_proxy,
+            since: Rfc3339(v.since_ms),
+            expires_at: Rfc3339(v.expires_ms),
+            expires_in_seconds: v.expires_ms.saturating_sub(self.now) / 1000,
+            origin: &v.origin,
+            health: self.health.and_then(|h| h.get(addr)).copied(),
+        }))
+    }
+}
+
+fn frontend_out<'a>(
+    f: &'a FrontendView,
+    now: u64,
+    apply: &'a ApplyStatus,
+    health: &'a ServerHealth,
+) -> FrontendOut<'a> {
     FrontendOut {
         port: f.port,
-        owner: f.owner.to_string(),
-        servers: f
-            .servers
-            .iter()
-            .map(|(addr, s)| ServerOut {
-                address: addr.to_string(),
-                send_proxy: s.send_proxy,
-                since: rfc3339(s.since_ms),
-                expires_at: rfc3339(s.expires_ms),
-                expires_in_seconds: s.expires_ms.saturating_sub(now) / 1000,
-                origin: s.origin.to_string(),
-                health: served.and_then(|h| h.get(addr)).copied(),
-            })
-            .collect(),
-        quarantined: apply.quarantined.get(&f.port).cloned(),
+        owner: &f.owner,
+        servers: ServersOut {
+            frontend: f,
+            now,
+            health: health.frontends.get(&f.port),
+        },
+        quarantined: apply.quarantined.get(&f.port),
     }
+}
+
+/// Every frontend, written one by one.
+struct FrontendsOut<'a> {
+    view: &'a RegistryView,
+    now: u64,
+    apply: &'a ApplyStatus,
+    health: &'a ServerHealth,
+}
+
+impl Serialize for FrontendsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.view
+                .frontends
+                .values()
+                .map(|f| frontend_out(f, self.now, self.apply, self.health)),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct ListOut<'a> {
+    changes: u64,
+    digest: String,
+    frontends: FrontendsOut<'a>,
+    conflicts: &'a [ConflictView],
 }
 
 pub(super) async fn list_frontends(
@@ -82,12 +134,17 @@ pub(super) async fn list_frontends(
     let view: RegistryView = st.registry.view();
     let apply = st.apply.borrow().clone();
     let health = st.health.borrow().clone();
-    Json(serde_json::json!({
-        "changes": view.generation,
-        "digest": view.digest(),
-        "frontends": view.frontends.values().map(|f| frontend_out(f, now, &apply, &health)).collect::<Vec<_>>(),
-        "conflicts": view.conflicts,
-    }))
+    Json(ListOut {
+        changes: view.generation,
+        digest: view.digest(),
+        frontends: FrontendsOut {
+            view: &view,
+            now,
+            apply: &apply,
+            health: &health,
+        },
+        conflicts: &view.conflicts,
+    })
     .into_response()
 }
 
@@ -96,25 +153,19 @@ pub(super) async fn get_frontend(
     ApiPath(port): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let result = (|| -> Result<FrontendOut, ApiError> {
-        authorize(&st, &headers)?;
-        let port = parse_port("frontend_port", &port)?;
-        let view = st.registry.view();
-        let f = view
-            .frontends
-            .get(&port)
-            .ok_or_else(|| ApiError::NotFound(format!("no frontend on port {port}")))?;
-        Ok(frontend_out(
-            f,
-            st.registry.now_ms(),
-            &st.apply.borrow(),
-            &st.health.borrow(),
-        ))
-    })();
-    match result {
-        Ok(f) => Json(f).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let port = match authorize(&st, &headers)
+        .and_then(|()| parse_port("frontend_port", &port).map_err(ApiError::from))
+    {
+        Ok(port) => port,
+        Err(e) => return e.into_response(),
+    };
+    let view = st.registry.view();
+    let Some(f) = view.frontends.get(&port) else {
+        return ApiError::NotFound(format!("no frontend on port {port}")).into_response();
+    };
+    let apply = st.apply.borrow().clone();
+    let health = st.health.borrow().clone();
+    Json(frontend_out(f, st.registry.now_ms(), &apply, &health)).into_response()
 }
 
 /// The address the caller connects from: lets a phone-home client learn its

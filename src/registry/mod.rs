@@ -25,6 +25,18 @@ pub use view::{FrontendView, RefusedView, RegistryView, ServerView, Summary};
 
 use crate::clock::{Hlc, Stamp};
 
+/// How many entries are refused, by the peer that sent them and the reason.
+pub type RefusedCounts = BTreeMap<(PeerId, &'static str), usize>;
+
+/// What status shows of the registry at one instant.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub summary: Summary,
+    /// The first refused entries (see [`Registry::refused`]).
+    pub refused: Vec<RefusedView>,
+    pub counts: RefusedCounts,
+}
+
 /// Bounds that keep one registry's size and leases sane.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -938,6 +950,42 @@ impl Registry {
     /// refuse them, at most `max` listed: those refused on arrival by gossip,
     /// then those refused when served (forwarding loops).
     pub fn refused(&self, now_ms: u64, max: usize) -> Vec<RefusedView> {
+        let in_view = self.refused_when_served(&self.summary(now_ms), now_ms);
+        self.list_refused(in_view, max)
+    }
+
+    /// How many entries are refused, by the peer that sent them and the reason.
+    pub fn refused_counts(&self, now_ms: u64) -> RefusedCounts {
+        let in_view = self.refused_when_served(&self.summary(now_ms), now_ms);
+        self.count_refused(&in_view)
+    }
+
+    /// [`Registry::summary`], [`Registry::refused`] and
+    /// [`Registry::refused_counts`] together, from one pass over the registry
+    /// when nothing is refused when served (what status shows).
+    pub fn report(&self, now_ms: u64, max_refused: usize) -> Report {
+        let summary = self.summary(now_ms);
+        let in_view = self.refused_when_served(&summary, now_ms);
+        Report {
+            counts: self.count_refused(&in_view),
+            refused: self.list_refused(in_view, max_refused),
+            summary,
+        }
+    }
+
+    /// Live entries this peer's own policy or bounds leave out of the view,
+    /// given the `summary` of the same instant. Builds the view only when
+    /// there are some: with many servers a view costs tens of milliseconds
+    /// under the registry lock, and status and health read this at every
+    /// request.
+    fn refused_when_served(&self, summary: &Summary, now_ms: u64) -> Vec<RefusedView> {
+        if summary.refused == 0 {
+            return Vec::new();
+        }
+        self.view(now_ms).refused
+    }
+
+    fn list_refused(&self, in_view: Vec<RefusedView>, max: usize) -> Vec<RefusedView> {
         let mut out: Vec<RefusedView> = self
             .remote_refused
             .listed
@@ -952,24 +1000,21 @@ impl Registry {
                 message: why.to_string(),
             })
             .collect();
-        if out.len() < max {
-            let view = self.view(now_ms);
-            out.extend(view.refused.into_iter().take(max - out.len()));
-        }
+        let room = max.saturating_sub(out.len());
+        out.extend(in_view.into_iter().take(room));
         out
     }
 
-    /// How many entries are refused, by the peer that sent them and the reason.
-    pub fn refused_counts(&self, now_ms: u64) -> BTreeMap<(PeerId, &'static str), usize> {
-        let mut counts: BTreeMap<(PeerId, &'static str), usize> = BTreeMap::new();
+    fn count_refused(&self, in_view: &[RefusedView]) -> RefusedCounts {
+        let mut counts = RefusedCounts::new();
         for ((peer, _), (_, why)) in &self.remote_refused.listed {
             *counts.entry((peer.clone(), why.label())).or_default() += 1;
         }
         for (k, n) in &self.remote_refused.unlisted {
             *counts.entry(k.clone()).or_default() += n;
         }
-        for r in self.view(now_ms).refused {
-            *counts.entry((r.peer, r.reason)).or_default() += 1;
+        for r in in_view {
+            *counts.entry((r.peer.clone(), r.reason)).or_default() += 1;
         }
         counts
     }
@@ -1118,10 +1163,13 @@ impl Registry {
                     ..
                 }) = ke.winner()
                 {
-                    if *expires_ms > now_ms
-                        && self.admit(k, |port| live_frontends.contains(&port)).is_ok()
-                    {
+                    if *expires_ms <= now_ms {
+                        continue;
+                    }
+                    if self.admit(k, |port| live_frontends.contains(&port)).is_ok() {
                         live.push((&k.server, name, *send_proxy, *since_ms, *expires_ms));
+                    } else {
+                        sum.refused += 1;
                     }
                 }
             }
@@ -1155,6 +1203,7 @@ impl Registry {
                 frontends: v.frontends.len(),
                 servers: v.server_count(),
                 conflicts: v.conflicts.len(),
+                refused: v.refused.len(),
             };
         }
         sum.digest = view::short_digest(h);

@@ -364,6 +364,7 @@ proptest! {
             prop_assert_eq!(s.servers, v.server_count());
             prop_assert_eq!(s.frontends, v.frontends.len());
             prop_assert_eq!(s.conflicts, v.conflicts.len());
+            prop_assert_eq!(s.refused, v.refused.len());
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
             for f in v.frontends.values() {
@@ -660,7 +661,9 @@ proptest! {
             }
             r.check_invariants().map_err(TestCaseError::fail)?;
             let v = r.view(now);
-            prop_assert_eq!(r.summary(now).digest, v.digest());
+            let s = r.summary(now);
+            prop_assert_eq!(s.digest, v.digest());
+            prop_assert_eq!(s.refused, v.refused.len(), "status lists what the view leaves out");
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
             prop_assert!(v.frontends.values().all(|f| f.servers.len() <= 3));
