@@ -579,7 +579,7 @@ impl Haproxy {
                 while let Ok(Some(line)) = lines.next_line().await {
                     // Alerts say why a start or reload failed (which port
                     // could not be bound); the planner reads them.
-                    if line.contains("[ALERT]") {
+                    if is_load_alert(&line) {
                         state.record_alert(&line);
                     }
                     let line = super::log::parse_stderr(&line);
@@ -590,6 +590,16 @@ impl Haproxy {
         tracing::info!(pid = child.id(), config = %self.config_path.display(), "started HAProxy");
         Ok(child)
     }
+}
+
+/// Whether an HAProxy stderr line is an alert about loading a config (a
+/// port it cannot bind, a limit it cannot raise), as opposed to a running
+/// worker's news about its servers, which also comes at alert level and,
+/// with many servers down, would crowd the others out.
+fn is_load_alert(line: &str) -> bool {
+    line.contains("[ALERT]")
+        && !line.contains("has no server available")
+        && !(line.contains("Server ") && line.contains(" is DOWN"))
 }
 
 /// Raises this process's soft limit on open files to its hard limit, for
@@ -715,6 +725,22 @@ mod tests {
             got[&8702],
             "cannot bind socket (Address already in use) for [127.0.0.1:8702]"
         );
+    }
+
+    #[test]
+    fn a_worker_losing_its_servers_does_not_crowd_out_why_a_load_failed() {
+        assert!(is_load_alert(
+            "[ALERT]    (11780) : [haproxy.main()] Cannot raise FD limit to 31716, limit is 20000."
+        ));
+        assert!(!is_load_alert(
+            "[ALERT]    (23330) : backend '21248_backend' has no server available!"
+        ));
+        assert!(!is_load_alert(
+            "[ALERT]    (23330) : Server 21192_backend/s5 is DOWN, reason: Layer4 connection problem"
+        ));
+        assert!(!is_load_alert(
+            "[WARNING]  (1) : Reexecuting Master process"
+        ));
     }
 
     #[test]
