@@ -415,6 +415,33 @@ def cmd_summary(a):
         if name in r:
             row(what, f"{r[name]['ms']:.0f}")
 
+    sc = r.get("scale")
+    if sc:
+        def pair(key, scale=1.0, fmt="{:.1f}"):
+            f, b = sc.get(f"full.{key}"), sc.get(f"base.{key}")
+            out = [fmt.format(v * scale) if isinstance(v, (int, float)) else "-" for v in (f, b)]
+            ratio = f"{f / b:.1f}x" if isinstance(f, (int, float)) and isinstance(b, (int, float)) and b else "-"
+            return out[0], f"{out[1]} (10x fewer)", ratio, f
+        full_rss = sc.get("full.rss_final_kib", {}).get("VmRSS")
+        base_rss = sc.get("base.rss_final_kib", {}).get("VmRSS")
+        if full_rss:
+            row("5 scale: lbmesh RSS MiB", f"{full_rss / 1024:.1f}",
+                f"{base_rss / 1024:.1f} (10x fewer)" if base_rss else "-",
+                f"{full_rss / base_rss:.1f}x" if base_rss else "-", "< 76.3 (80 MB)", full_rss * 1024 < 80e6)
+        for key, what, target in (("status", "GET /v1/status p50 ms", 50),
+                                  ("frontends", "GET /v1/frontends p50 ms", None),
+                                  ("frontend", "GET /v1/frontends/PORT p50 ms", None)):
+            f, b = sc.get(f"full.{key}"), sc.get(f"base.{key}")
+            if f:
+                row(f"5 scale: {what}", f"{f['p50_ms']:.1f}", f"{b['p50_ms']:.1f} (10x fewer)" if b else "-",
+                    f"{f['p50_ms'] / b['p50_ms']:.1f}x" if b else "-",
+                    f"< {target}" if target else "-", f["p50_ms"] < target if target else None)
+        full, base, ratio, f = pair("catchup_s", fmt="{:.2f}")
+        if f is not None:
+            row("5 scale: catch-up of a new peer, s", full, base, ratio, "< 3", f < 3)
+        if "full.haproxy_error" in sc:
+            row("5 scale: HAProxy at full size", "not loaded: " + sc["full.haproxy_error"][:60])
+
     head = ("benchmark", "lbmesh", "baseline", "ratio", "target", "met")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     for x in [head, tuple("-" * w for w in widths)] + rows:

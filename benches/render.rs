@@ -30,8 +30,8 @@ use lbmesh::registry::{Command, Key, Limits, PortPolicy, Registry};
 const NOW_MS: u64 = 1_700_000_000_000;
 
 /// Frontend f is port 10000+f owned by "svc<port>"; its server s is
-/// 127.<77 + f / 256>.<f % 256>.<s + 1>:30443 (bench/lbclient.py's scheme
-/// for the first 256 frontends).
+/// 10.<77 + f / 256>.<f % 256>.<s + 1>:30443 (bench/lbclient.py's scheme
+/// in 10.0.0.0/8, which the default backend policy allows).
 fn registry(frontends: u16, servers_per_frontend: u16) -> Registry {
     let mut registry = Registry::new(
         "lb1".parse().unwrap(),
@@ -55,7 +55,7 @@ fn server(f: u16, s: u16) -> Command {
     Command::Register {
         key: Key {
             frontend,
-            server: format!("127.{}.{}.{}:30443", 77 + f / 256, f % 256, s + 1)
+            server: format!("10.{}.{}.{}:30443", 77 + f / 256, f % 256, s + 1)
                 .parse()
                 .unwrap(),
         },

@@ -332,11 +332,20 @@ pub fn churn_daemon(grace: Duration, check_interval: &str) -> Daemon {
 pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
     let k = plan.servers_per_frontend.max(1);
     let servers = Servers::start(plan.steady_frontends * k + plan.transient_frontends * 2);
+    // A frontend port that is also a server's port on 127.0.0.1 (an
+    // address of this VM) would be refused as a forwarding loop.
+    let taken: BTreeSet<u16> = servers.addrs.iter().map(SocketAddr::port).collect();
+    let frontend_port = || loop {
+        let p = free_port(&d.ip);
+        if !taken.contains(&p) {
+            break p;
+        }
+    };
     let steady: Vec<u16> = (0..plan.steady_frontends)
-        .map(|_| free_port(&d.ip))
+        .map(|_| frontend_port())
         .collect();
     let transient: Vec<u16> = (0..plan.transient_frontends)
-        .map(|_| free_port(&d.ip))
+        .map(|_| frontend_port())
         .collect();
     let pool = |f: usize| &servers.addrs[f * k..(f + 1) * k];
     // Every steady frontend starts with all its servers: its slots are
