@@ -425,7 +425,7 @@ def cmd_summary(a):
         full_rss = sc.get("full.rss_final_kib", {}).get("VmRSS")
         base_rss = sc.get("base.rss_final_kib", {}).get("VmRSS")
         if full_rss:
-            row("5 scale: lbmesh RSS MiB", f"{full_rss / 1024:.1f}",
+            row("12 scale: lbmesh RSS MiB", f"{full_rss / 1024:.1f}",
                 f"{base_rss / 1024:.1f} (10x fewer)" if base_rss else "-",
                 f"{full_rss / base_rss:.1f}x" if base_rss else "-", "< 76.3 (80 MB)", full_rss * 1024 < 80e6)
         for key, what, target in (("status", "GET /v1/status p50 ms", 50),
@@ -433,14 +433,14 @@ def cmd_summary(a):
                                   ("frontend", "GET /v1/frontends/PORT p50 ms", None)):
             f, b = sc.get(f"full.{key}"), sc.get(f"base.{key}")
             if f:
-                row(f"5 scale: {what}", f"{f['p50_ms']:.1f}", f"{b['p50_ms']:.1f} (10x fewer)" if b else "-",
+                row(f"12 scale: {what}", f"{f['p50_ms']:.1f}", f"{b['p50_ms']:.1f} (10x fewer)" if b else "-",
                     f"{f['p50_ms'] / b['p50_ms']:.1f}x" if b else "-",
                     f"< {target}" if target else "-", f["p50_ms"] < target if target else None)
         full, base, ratio, f = pair("catchup_s", fmt="{:.2f}")
         if f is not None:
-            row("5 scale: catch-up of a new peer, s", full, base, ratio, "< 3", f < 3)
+            row("12 scale: catch-up of a new peer, s", full, base, ratio, "< 3", f < 3)
         if "full.haproxy_error" in sc:
-            row("5 scale: HAProxy at full size", "not loaded: " + sc["full.haproxy_error"][:60])
+            row("12 scale: HAProxy at full size", "not loaded: " + sc["full.haproxy_error"][:60])
 
     head = ("benchmark", "lbmesh", "baseline", "ratio", "target", "met")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
