@@ -119,6 +119,9 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?;
             Some(
                 QuicTransport::new(peer_tls, settings.gossip.interval)
+                    .with_identities(Arc::new(crate::mesh::trust::Identities::persistent(
+                        &settings.data_dir,
+                    )))
                     .with_metrics(metrics.clone())
                     .with_crl(crl.clone(), files.ca_cert.clone()),
             )

@@ -124,6 +124,8 @@ pub struct Metrics {
     registry: Registry,
     pub refused_entries: Family<RefusedLabels, Gauge>,
     pub duplicate_node_ids: Gauge,
+    pub unverified_peers: Gauge,
+    pub unverified_gossip_dropped: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub frontends: Gauge,
     pub servers: Gauge,
@@ -317,6 +319,18 @@ impl Metrics {
             "Node ids that two or more live peers claim at once (a stolen certificate or a cloned VM)",
             duplicate_node_ids.clone(),
         );
+        let unverified_peers = Gauge::default();
+        registry.register(
+            "unverified_peers",
+            "Peer incarnations held but not served: this peer never authenticated their node id at their address",
+            unverified_peers.clone(),
+        );
+        let unverified_gossip_dropped = Gauge::default();
+        registry.register(
+            "unverified_gossip_dropped",
+            "Gossip entries about unverified peer incarnations dropped because the bound on them was reached, since start",
+            unverified_gossip_dropped.clone(),
+        );
         let vrrp_may_hold = Gauge::default();
         registry.register(
             "vrrp_may_hold",
@@ -331,6 +345,8 @@ impl Metrics {
         );
         Self {
             duplicate_node_ids,
+            unverified_peers,
+            unverified_gossip_dropped,
             refused_entries,
             haproxy_servers,
             runtime_changes,

@@ -161,6 +161,14 @@ pub struct PeerStatus {
     /// Another live peer claims the same node id (each gets a row).
     #[serde(default)]
     pub duplicate: bool,
+    /// A gossip link whose certificate names this node is open now (always
+    /// true without peer authentication).
+    #[serde(default)]
+    pub authenticated: bool,
+    /// Its VRRP state, as shown, was gossiped by the peer itself (not only
+    /// relayed by others): only such a claim counts for split brains.
+    #[serde(default)]
+    pub vrrp_first_hand: bool,
 }
 
 /// Whether every live peer reports the same registry and config digests.

@@ -125,6 +125,8 @@ mod tests {
             vrrp_state: None,
             policy_digest: None,
             duplicate: false,
+            authenticated: true,
+            vrrp_first_hand: true,
         }
     }
 

@@ -14,6 +14,8 @@
 //!    VRRP adverts from the holder reach it again (VRRP works again). When
 //!    the holder gives the VIP up, it stays out for the newest live MASTER,
 //!    if there is one: it rejoins only when no live peer holds the VIP.
+//!    A claim counts only while its peer is authenticated now (a link whose
+//!    certificate names it is open, so relays about it are refused).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,6 +36,9 @@ pub const ADVERT_FRESH_MS: u64 = 1_000;
 pub struct Peer {
     pub node: String,
     pub live: bool,
+    /// Connected now under its own certificate, and its claim was heard from
+    /// itself (see `mesh::trust`): only then does its claim count.
+    pub authenticated: bool,
     /// Its VRRP address (the address its adverts come from), if known.
     pub addr: Option<IpAddr>,
     pub claim: Option<Claim>,
@@ -117,7 +122,7 @@ impl Planner {
             Some(own) if master => i
                 .peers
                 .iter()
-                .filter(|p| p.live && p.node != i.me)
+                .filter(|p| p.live && p.authenticated && p.node != i.me)
                 .filter(|p| {
                     p.claim
                         .as_ref()
@@ -150,6 +155,7 @@ impl Planner {
             let instance = i.own.map(|c| c.instance.as_str());
             let holds = |p: &Peer| {
                 p.live
+                    && p.authenticated
                     && p.node != i.me
                     && p.claim.as_ref().is_some_and(|c| {
                         c.state == VrrpState::Master && instance.is_none_or(|n| n == c.instance)
@@ -230,6 +236,7 @@ mod tests {
         Peer {
             node: node.into(),
             live,
+            authenticated: true,
             addr: Some(format!("198.18.0.{}", node.len() + 10).parse().unwrap()),
             claim: c,
         }
@@ -417,6 +424,34 @@ mod tests {
         // Nobody holds it any more: back as a candidate.
         w.peers[1].live = false;
         let (v, e) = w.step(&mut p, 4_000);
+        assert_eq!(v, Verdict::MayHold);
+        assert!(matches!(e, Some(Event::Rejoined { .. })));
+    }
+
+    #[test]
+    fn only_a_claim_heard_from_an_authenticated_peer_itself_counts() {
+        // A newer MASTER claim that is not corroborated: no step-down.
+        let mut w = World::new(
+            Some(claim(VrrpState::Master, 100)),
+            vec![peer("bb", true, Some(claim(VrrpState::Master, 500)))],
+        );
+        w.peers[0].authenticated = false;
+        let mut p = Planner::default();
+        for t in [1_000, 2_000, 10_000] {
+            assert_eq!(w.step(&mut p, t), (Verdict::MayHold, None));
+        }
+        // Corroborated: this peer steps down …
+        w.peers[0].authenticated = true;
+        w.step(&mut p, 11_000);
+        let (v, e) = w.step(&mut p, 11_000 + CONFIRM_MS);
+        assert!(matches!(v, Verdict::Fault(Why::SplitBrain { .. })));
+        assert!(matches!(e, Some(Event::SteppedDown { .. })));
+        w.own = Some(claim(VrrpState::Fault, 11_400));
+        assert!(matches!(w.step(&mut p, 12_000).0, Verdict::Fault(_)));
+        // … and comes back once the claim is no longer corroborated (its
+        // link closed, or the claim was only relayed), even without adverts.
+        w.peers[0].authenticated = false;
+        let (v, e) = w.step(&mut p, 12_050);
         assert_eq!(v, Verdict::MayHold);
         assert!(matches!(e, Some(Event::Rejoined { .. })));
     }

@@ -150,15 +150,13 @@ impl Follow {
                     if id.node_id == self.me.node_id {
                         continue;
                     }
-                    let Ok(node) = id.node_id.parse::<PeerId>() else {
-                        continue;
-                    };
-                    let impostor = self
-                        .identities
-                        .as_ref()
-                        .and_then(|i| i.node_at(id.gossip_advertise_addr))
-                        .is_some_and(|certified| certified != node);
-                    if impostor {
+                    // Only verified peers count; only one connected now
+                    // confirms (a relayed watermark may be forged).
+                    let identities = self.identities.as_deref();
+                    if !matches!(
+                        super::trust::standing(identities, id),
+                        super::trust::Standing::Verified(_)
+                    ) {
                         continue;
                     }
                     c.live_peers += 1;
@@ -167,7 +165,9 @@ impl Follow {
                         .and_then(|s| s.get(&key))
                         .and_then(|v| codec::decode_ack(v).ok());
                     if let Some((generation, version)) = mark {
-                        if generation == self.me.generation_id {
+                        if generation == self.me.generation_id
+                            && super::trust::connected(identities, &id.node_id)
+                        {
                             c.version = c.version.max(version);
                         }
                     }

@@ -20,6 +20,7 @@ pub mod quic;
 pub mod snapshot;
 mod sync;
 pub mod transport;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -184,6 +185,13 @@ impl Mesh {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
+        if let Some(i) = &settings.identities {
+            i.set_own(
+                settings.origin.node.clone(),
+                settings.advertise,
+                settings.origin.generation,
+            );
+        }
         let handle = Arc::new(spawn_chitchat(config, initial, transport).await?);
         let chitchat = handle.chitchat();
         let wake = Arc::new(Notify::new());

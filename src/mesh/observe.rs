@@ -18,7 +18,7 @@ use super::quic::Identities;
 use super::snapshot::{
     self, CatchUpRule, Incarnation, META_SYNC, MeshSnapshot, Observation, Observed, SyncState,
 };
-use super::sync::trusted;
+use super::trust::{self, Standing, standing};
 use super::{META_API, META_DIGEST, META_VRRP};
 use crate::haproxy::apply::ApplyStatus;
 use crate::shared::SharedRegistry;
@@ -98,8 +98,14 @@ fn meta(state: &chitchat::NodeState, key: &str) -> Option<String> {
     Some(clean)
 }
 
-/// The row of another peer's incarnation.
-fn row(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> PeerStatus {
+/// The row of another peer's incarnation; `identities` tell whether it is
+/// connected now and whether its VRRP state came from itself.
+fn row(
+    id: &ChitchatId,
+    state: &chitchat::NodeState,
+    live: bool,
+    identities: Option<&Identities>,
+) -> PeerStatus {
     let digest = meta(state, META_DIGEST);
     let mut parts = digest.as_deref().unwrap_or("").split(' ');
     let registry_digest = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
@@ -120,6 +126,13 @@ fn row(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> PeerStatus {
         vrrp_state: meta(state, META_VRRP),
         policy_digest: meta(state, addresses::META_POLICY),
         duplicate: false,
+        authenticated: trust::connected(identities, &id.node_id),
+        vrrp_first_hand: identities.is_none_or(|i| {
+            let held = state
+                .get_versioned(META_VRRP)
+                .map(|vv| (vv.version, (!vv.is_deleted()).then(|| vv.value.clone())));
+            held.is_none() || i.vrrp_first_hand(id) == held
+        }),
     }
 }
 
@@ -202,6 +215,8 @@ impl Observe {
             vrrp_state: vrrp_state.clone(),
             policy_digest: Some(self.guard.policy.clone()),
             duplicate: false,
+            authenticated: true,
+            vrrp_first_hand: true,
         };
         let addrs = match self.guard.local_addrs {
             _ if self
@@ -227,12 +242,30 @@ impl Observe {
                 .scheduled_for_deletion_nodes()
                 .map(|id| (id.node_id.to_string(), id.generation_id))
                 .collect();
-            // The newest trusted incarnation of every other node id.
+            // The newest verified incarnation of every other node id.
+            let identities = self.identities.as_deref();
             let mut newest: BTreeMap<&str, (&ChitchatId, &chitchat::NodeState)> = BTreeMap::new();
+            let mut unverified: Vec<String> = Vec::new();
             for (id, state) in cc.node_states() {
-                if id.node_id == self.me.node_id || trusted(self.identities.as_deref(), id).is_err()
-                {
+                if id.node_id == self.me.node_id {
                     continue;
+                }
+                match standing(identities, id) {
+                    Standing::Verified(_) => {}
+                    Standing::Unverified(_) => {
+                        unverified.push(format!(
+                            "{} {} {}",
+                            id.node_id
+                                .chars()
+                                .filter(|c| !c.is_control())
+                                .take(63)
+                                .collect::<String>(),
+                            id.gossip_advertise_addr,
+                            id.generation_id
+                        ));
+                        continue;
+                    }
+                    Standing::Refused(_) => continue,
                 }
                 let slot = newest.entry(&id.node_id).or_insert((id, state));
                 if id.generation_id > slot.0.generation_id {
@@ -245,7 +278,7 @@ impl Observe {
                 &self.guard.own_ports,
                 cc.node_states()
                     .iter()
-                    .filter(|(id, _)| trusted(self.identities.as_deref(), id).is_ok())
+                    .filter(|(id, _)| matches!(standing(identities, id), Standing::Verified(_)))
                     .filter_map(|(_, st)| st.get(addresses::META_ADDRS)),
             );
             if self.registry.with(|r| r.set_loop_guard(guard)) {
@@ -263,7 +296,7 @@ impl Observe {
                 .flatten()
                 .filter_map(|id| {
                     let state = cc.node_states().get(id)?;
-                    let mut r = row(id, state, live.contains(id));
+                    let mut r = row(id, state, live.contains(id), identities);
                     r.duplicate = true;
                     Some(r)
                 })
@@ -282,7 +315,7 @@ impl Observe {
                         catching_up.push(id.gossip_advertise_addr);
                     }
                     Observed {
-                        status: row(id, state, is_live),
+                        status: row(id, state, is_live, identities),
                         sync,
                     }
                 })
@@ -346,6 +379,14 @@ impl Observe {
                 }
             }
             let mut snap = snap;
+            unverified.sort();
+            if let Some(m) = &self.metrics {
+                m.unverified_peers.set(unverified.len() as i64);
+                if let Some(i) = identities {
+                    m.unverified_gossip_dropped.set(i.dropped() as i64);
+                }
+            }
+            snap.state.unverified_peers = unverified;
             if !duplicates.is_empty() {
                 // Each incarnation of a duplicated node id is a row of its own.
                 snap.peers.retain(|p| !duplicates.contains_key(&p.node_id));

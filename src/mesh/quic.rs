@@ -40,30 +40,7 @@ use super::transport::MAX_MESSAGE;
 use crate::registry::PeerId;
 use crate::tls::{PEER_NAME, PeerTls, node_id_of, serial_of};
 
-/// Which node each authenticated peer address presented a certificate for.
-#[derive(Debug, Default)]
-pub struct Identities {
-    by_addr: Mutex<HashMap<SocketAddr, PeerId>>,
-}
-
-impl Identities {
-    fn record(&self, addr: SocketAddr, node: PeerId) {
-        self.by_addr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, node);
-    }
-
-    /// The node id the certificate at `addr` named, if a connection with it
-    /// was authenticated.
-    pub fn node_at(&self, addr: SocketAddr) -> Option<PeerId> {
-        self.by_addr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .cloned()
-    }
-}
+pub use super::trust::Identities;
 
 /// Logs a refusal at most once a minute per remote address and reason, so a
 /// flood cannot fill the log but every distinct reason is seen.
@@ -309,6 +286,12 @@ impl QuicTransport {
         }
     }
 
+    /// Records who authenticated where in `identities` (e.g. one kept in
+    /// the data directory) instead of a fresh one.
+    pub fn with_identities(self, identities: Arc<Identities>) -> Self {
+        Self { identities, ..self }
+    }
+
     pub fn identities(&self) -> Arc<Identities> {
         self.identities.clone()
     }
@@ -500,9 +483,16 @@ impl Peers {
                 return None;
             }
         };
-        self.identities.record(addr, node);
+        self.identities.opened(addr, node.clone(), conn.stable_id());
+        {
+            let (identities, conn) = (self.identities.clone(), conn.clone());
+            tokio::spawn(async move {
+                conn.closed().await;
+                identities.closed(conn.stable_id());
+            });
+        }
         self.links.add(addr, conn.clone(), ours, began);
-        tokio::spawn(read_link(self.clone(), addr, conn.clone()));
+        tokio::spawn(read_link(self.clone(), addr, node, conn.clone()));
         Some(conn)
     }
 
@@ -544,15 +534,17 @@ async fn accept_loop(peers: Arc<Peers>) {
     }
 }
 
-/// Hands every message that arrives on one link to chitchat.
-async fn read_link(peers: Arc<Peers>, remote: SocketAddr, conn: quinn::Connection) {
+/// Hands every message that arrives on one link to chitchat, screened for
+/// what `node` (its certificate) may say (see [`super::trust`]).
+async fn read_link(peers: Arc<Peers>, remote: SocketAddr, node: PeerId, conn: quinn::Connection) {
     while let Ok(mut stream) = conn.accept_uni().await {
         let bytes = match stream.read_to_end(MAX_MESSAGE + 1024).await {
             Ok(b) => b,
             Err(_) => continue,
         };
         match ChitchatMessage::deserialize(&mut &bytes[..]) {
-            Ok(msg) => {
+            Ok(mut msg) => {
+                peers.identities.screen(&node, &mut msg);
                 if peers.inbox.try_send((remote, msg)).is_err() && peers.inbox.is_closed() {
                     return;
                 }

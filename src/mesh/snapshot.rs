@@ -72,6 +72,10 @@ pub struct MeshState {
     /// While not caught up: what it waits for, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catching_up: Option<String>,
+    /// Peer incarnations held but not served (`node address generation`):
+    /// this peer never authenticated their node id at their address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverified_peers: Vec<String>,
     /// When this peer started (Unix ms).
     pub started_ms: u64,
     /// When this snapshot was computed (Unix ms).
@@ -377,6 +381,8 @@ pub fn next(prev: &MeshSnapshot, seen: &Observation, rule: &CatchUpRule) -> Mesh
             .map(|_| p.caught_up_at_ms.unwrap_or(now)),
         caught_up_by,
         catching_up,
+        // Filled in by the mesh task, which judges who is verified.
+        unverified_peers: Vec::new(),
         started_ms: rule.started_ms,
         computed_at_ms: now,
     };
@@ -405,6 +411,8 @@ mod tests {
             vrrp_state: None,
             policy_digest: None,
             duplicate: false,
+            authenticated: true,
+            vrrp_first_hand: true,
         }
     }
 

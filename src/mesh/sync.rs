@@ -1,6 +1,7 @@
-//! The sync task: merges other peers' key spaces into the registry, diffing
-//! each incarnation's entries by version, and keeps how far this peer holds
-//! each incarnation (for catching up, see [`super::snapshot`]).
+//! The sync task: merges verified peers' key spaces into the registry (see
+//! [`super::trust`]), diffing each incarnation's entries by version, and
+//! keeps how far this peer holds each incarnation, verified or not (for
+//! catching up, see [`super::snapshot`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use super::codec;
 use super::quic::Identities;
 use super::snapshot::Incarnation;
+use super::trust::{Standing, Untrusted, standing};
 use crate::registry::{Entry, Key, Origin, PeerId};
 use crate::shared::SharedRegistry;
 
@@ -40,29 +42,6 @@ pub(super) struct Sync {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Where merged entries go to be acknowledged once on disk.
     pub stored: mpsc::UnboundedSender<super::ack::Stored>,
-}
-
-/// Why a peer's state is not merged.
-pub(super) enum Untrusted {
-    InvalidNodeId,
-    /// Its certificate (QUIC) names this node.
-    OtherCertificate(PeerId),
-}
-
-/// The node id `id` gossips as, if it is valid and its certificate (QUIC)
-/// names the same node.
-pub(super) fn trusted(
-    identities: Option<&Identities>,
-    id: &ChitchatId,
-) -> Result<PeerId, Untrusted> {
-    let node = id
-        .node_id
-        .parse::<PeerId>()
-        .map_err(|_| Untrusted::InvalidNodeId)?;
-    match identities.and_then(|i| i.node_at(id.gossip_advertise_addr)) {
-        Some(certified) if certified != node => Err(Untrusted::OtherCertificate(certified)),
-        _ => Ok(node),
-    }
 }
 
 fn forget(origin: &Origin, s: &Seen, changes: &mut Vec<(Key, Origin, Option<Entry>)>) {
@@ -93,6 +72,8 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
     };
     let mut seen: HashMap<ChitchatId, Seen> = HashMap::new();
     let mut bad_nodes: HashSet<ChitchatId> = HashSet::new();
+    // Unverified incarnations: held, not merged; (max version, newest entry version).
+    let mut unverified: HashMap<ChitchatId, (u64, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -114,9 +95,35 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                 if *id == me {
                     continue;
                 }
-                let node = match trusted(identities.as_deref(), id) {
-                    Ok(node) => node,
-                    Err(why) => {
+                let node = match standing(identities.as_deref(), id) {
+                    Standing::Verified(node) => {
+                        held_changed |= unverified.remove(id).is_some();
+                        node
+                    }
+                    Standing::Unverified(node) => {
+                        // Held, so that catching up counts it, but not served.
+                        let slot = unverified.entry(id.clone()).or_insert_with(|| {
+                            held_changed = true;
+                            (0, 0)
+                        });
+                        if slot.0 != state.max_version() {
+                            let entry_version = state
+                                .key_values_including_deleted()
+                                .filter(|(k, _)| k.starts_with(codec::ENTRY_PREFIX))
+                                .map(|(_, vv)| vv.version)
+                                .max()
+                                .unwrap_or(0);
+                            held_changed |= entry_version != slot.1;
+                            *slot = (state.max_version(), entry_version);
+                        }
+                        // Merged while it was verified (a pair forgotten for the bound).
+                        if let Some(s) = seen.remove(id) {
+                            forget(&Origin::new(node, id.generation_id), &s, &mut changes);
+                            held_changed = true;
+                        }
+                        continue;
+                    }
+                    Standing::Refused(why) => {
                         if bad_nodes.insert(id.clone()) {
                             match why {
                                 Untrusted::InvalidNodeId => tracing::warn!(
@@ -202,6 +209,15 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
                 s.entry_version = entry_version;
             }
             // An incarnation whose state chitchat dropped (dead past the grace period).
+            bad_nodes.retain(|id| states.contains_key(id));
+            unverified.retain(|id, _| {
+                let keep = states.contains_key(id);
+                held_changed |= !keep;
+                keep
+            });
+            if let Some(i) = &identities {
+                i.retain(|id| states.contains_key(id));
+            }
             seen.retain(|id, s| {
                 let keep = states.contains_key(id);
                 if !keep {
@@ -216,7 +232,9 @@ pub(super) async fn run(task: Sync, mut shutdown: watch::Receiver<bool>) {
         if held_changed {
             holds.store(Arc::new(
                 seen.iter()
-                    .map(|(id, s)| ((id.node_id.to_string(), id.generation_id), s.entry_version))
+                    .map(|(id, s)| (id, s.entry_version))
+                    .chain(unverified.iter().map(|(id, (_, v))| (id, *v)))
+                    .map(|(id, v)| ((id.node_id.to_string(), id.generation_id), v))
                     .collect(),
             ));
             held.notify_one();

@@ -26,6 +26,32 @@ impl Default for Delta {
 }
 
 impl Delta {
+    /// Keeps only the node deltas about nodes for which `keep` holds (a
+    /// transport screening what a sender may say about whom).
+    pub fn retain_nodes(&mut self, mut keep: impl FnMut(&ChitchatId) -> bool) {
+        self.node_deltas.retain(|node_delta| keep(&node_delta.chitchat_id));
+    }
+
+    /// The nodes this delta is about.
+    pub fn nodes(&self) -> impl Iterator<Item = &ChitchatId> {
+        self.node_deltas.iter().map(|node_delta| &node_delta.chitchat_id)
+    }
+
+    /// The newest value (and its version) this delta sets for `key` of
+    /// `chitchat_id`; a deletion counts as no value.
+    pub fn value_of(&self, chitchat_id: &ChitchatId, key: &str) -> Option<(Version, Option<&str>)> {
+        self.node_deltas
+            .iter()
+            .filter(|node_delta| &node_delta.chitchat_id == chitchat_id)
+            .flat_map(|node_delta| node_delta.key_values.iter())
+            .filter(|kv| kv.key == key)
+            .max_by_key(|kv| kv.version)
+            .map(|kv| {
+                let value = (kv.status == DeletionStatusMutation::Set).then_some(kv.value.as_str());
+                (kv.version, value)
+            })
+    }
+
     fn get_operations(&self) -> impl Iterator<Item = DeltaOpRef<'_>> {
         self.node_deltas.iter().flat_map(|node_delta| {
             std::iter::once(DeltaOpRef::Node {

@@ -47,8 +47,17 @@ pub struct Digest {
     pub(crate) node_digests: BTreeMap<ChitchatId, NodeDigest>,
 }
 
-#[cfg(test)]
 impl Digest {
+    /// Keeps only the entries about nodes for which `keep` holds.
+    pub fn retain_nodes(&mut self, mut keep: impl FnMut(&ChitchatId) -> bool) {
+        self.node_digests.retain(|chitchat_id, _| keep(chitchat_id));
+    }
+
+    /// The nodes this digest is about.
+    pub fn nodes(&self) -> impl Iterator<Item = &ChitchatId> {
+        self.node_digests.keys()
+    }
+
     pub fn add_node(
         &mut self,
         node: ChitchatId,

@@ -19,7 +19,7 @@ use std::iter::once;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
-use delta::Delta;
+pub use delta::{Delta, DeltaSerializer};
 use failure_detector::FailureDetector;
 pub use failure_detector::FailureDetectorConfig;
 pub use listener::ListenerHandle;
@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
-use crate::digest::Digest;
+pub use crate::digest::Digest;
 pub use crate::message::ChitchatMessage;
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
 use crate::state::ClusterState;
