@@ -334,3 +334,201 @@ fn parse_verified(text: &str) -> Vec<(PeerId, SocketAddr)> {
     }
     pairs
 }
+
+#[cfg(test)]
+mod tests {
+    use chitchat::{DeletionStatus, DeltaSerializer, VersionedValue};
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, 1], port))
+    }
+
+    fn peer(n: &str) -> PeerId {
+        n.parse().unwrap()
+    }
+
+    fn id(n: &str, generation: u64, port: u16) -> ChitchatId {
+        ChitchatId::new(n, generation, addr(port))
+    }
+
+    fn delta(nodes: &[(&ChitchatId, &[(&str, &str, u64)])]) -> Delta {
+        let mut d = DeltaSerializer::with_mtu(60_000);
+        for (id, kvs) in nodes {
+            assert!(d.try_add_node((*id).clone(), 0, 0));
+            for (k, v, version) in *kvs {
+                assert!(d.try_add_kv(
+                    k,
+                    VersionedValue {
+                        value: (*v).into(),
+                        version: *version,
+                        status: DeletionStatus::Set,
+                    }
+                ));
+            }
+        }
+        d.finish()
+    }
+
+    fn kept(msg: &ChitchatMessage) -> Vec<ChitchatId> {
+        match msg {
+            ChitchatMessage::Ack { delta } => delta.nodes().cloned().collect(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn ledger() -> Identities {
+        let i = Identities::default();
+        i.set_own(peer("lb1"), addr(1), 50);
+        i
+    }
+
+    #[test]
+    fn standing_follows_what_this_peer_authenticated_itself() {
+        let i = ledger();
+        // Its own node id at its own address (an earlier incarnation).
+        assert_eq!(
+            i.standing(&id("lb1", 10, 1)),
+            Standing::Verified(peer("lb1"))
+        );
+        // Its own node id elsewhere, and a node never met.
+        assert_eq!(
+            i.standing(&id("lb1", 10, 9)),
+            Standing::Unverified(peer("lb1"))
+        );
+        assert_eq!(
+            i.standing(&id("lb2", 10, 2)),
+            Standing::Unverified(peer("lb2"))
+        );
+        i.opened(addr(2), peer("lb2"), 7);
+        assert_eq!(
+            i.standing(&id("lb2", 10, 2)),
+            Standing::Verified(peer("lb2"))
+        );
+        // Still verified after its link closed: a dead peer stays served.
+        i.closed(7);
+        assert!(!i.connected("lb2"));
+        assert_eq!(
+            i.standing(&id("lb2", 11, 2)),
+            Standing::Verified(peer("lb2"))
+        );
+        // Another node id at an address where lb2's certificate was shown.
+        assert_eq!(
+            i.standing(&id("lb9", 1, 2)),
+            Standing::Refused(Untrusted::OtherCertificate(peer("lb2")))
+        );
+        assert_eq!(
+            standing(Some(&i), &id("bad id!", 1, 3)),
+            Standing::Refused(Untrusted::InvalidNodeId)
+        );
+        // Without authentication, every valid node id is verified and connected.
+        assert_eq!(
+            standing(None, &id("lb7", 1, 7)),
+            Standing::Verified(peer("lb7"))
+        );
+        assert!(connected(None, "lb7"));
+    }
+
+    #[test]
+    fn verified_pairs_survive_a_restart_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = Identities::persistent(dir.path());
+        for n in 0..(MAX_VERIFIED + 5) {
+            i.opened(addr(n as u16 + 100), peer(&format!("lb{n}")), n);
+        }
+        let again = Identities::persistent(dir.path());
+        assert_eq!(
+            again.standing(&id("lb4", 1, 104)),
+            Standing::Unverified(peer("lb4")),
+            "the least recent pairs are forgotten first"
+        );
+        let last = MAX_VERIFIED + 4;
+        assert_eq!(
+            again.standing(&id(&format!("lb{last}"), 1, last as u16 + 100)),
+            Standing::Verified(peer(&format!("lb{last}")))
+        );
+        // Nothing survives as connected.
+        assert!(!again.connected(&format!("lb{last}")));
+        // A damaged file: lines that do not parse are skipped.
+        std::fs::write(
+            dir.path().join(VERIFIED_FILE),
+            "lb2 198.18.0.1:2\ngarbage\n\n",
+        )
+        .unwrap();
+        let damaged = Identities::persistent(dir.path());
+        assert_eq!(
+            damaged.standing(&id("lb2", 1, 2)),
+            Standing::Verified(peer("lb2"))
+        );
+    }
+
+    #[test]
+    fn relays_about_a_connected_peer_or_this_one_are_dropped() {
+        let i = ledger();
+        i.opened(addr(2), peer("lb2"), 2);
+        i.opened(addr(3), peer("lb3"), 3);
+        let (lb2, lb3) = (id("lb2", 20, 2), id("lb3", 30, 3));
+        let forged_vrrp: &[(&str, &str, u64)] = &[("meta/vrrp", "MASTER VI 99", 1_000)];
+        // lb3 tells about itself, relays about lb2 (connected) and about
+        // this peer's current incarnation: only its own state gets through.
+        let mut msg = ChitchatMessage::Ack {
+            delta: delta(&[
+                (&lb3, &[("meta/vrrp", "BACKUP VI 5", 4)]),
+                (&lb2, forged_vrrp),
+                (&id("lb1", 50, 1), forged_vrrp),
+            ]),
+        };
+        i.screen(&peer("lb3"), &mut msg);
+        assert_eq!(kept(&msg), vec![lb3.clone()]);
+        assert_eq!(
+            i.vrrp_first_hand(&lb3),
+            Some((4, Some("BACKUP VI 5".into())))
+        );
+        assert_eq!(i.vrrp_first_hand(&lb2), None);
+        // Once lb2's link closed, relays about it are taken (a dead peer's
+        // state lives on in others), and this peer's earlier incarnations too.
+        i.closed(2);
+        let mut msg = ChitchatMessage::Ack {
+            delta: delta(&[(&lb2, forged_vrrp), (&id("lb1", 40, 1), forged_vrrp)]),
+        };
+        i.screen(&peer("lb3"), &mut msg);
+        assert_eq!(kept(&msg), vec![lb2.clone(), id("lb1", 40, 1)]);
+        // A relayed value is never first-hand.
+        assert_eq!(i.vrrp_first_hand(&lb2), None);
+    }
+
+    #[test]
+    fn unverified_incarnations_are_bounded() {
+        let i = ledger();
+        i.opened(addr(2), peer("lb2"), 2);
+        let ghosts: Vec<ChitchatId> = (0..MAX_UNVERIFIED + 10)
+            .map(|n| id(&format!("ghost{n}"), 1, 1_000 + n as u16))
+            .collect();
+        let nodes: Vec<(&ChitchatId, &[(&str, &str, u64)])> =
+            ghosts.iter().map(|g| (g, &[][..])).collect();
+        let mut msg = ChitchatMessage::Ack {
+            delta: delta(&nodes),
+        };
+        i.screen(&peer("lb2"), &mut msg);
+        assert_eq!(kept(&msg).len(), MAX_UNVERIFIED);
+        assert_eq!(i.dropped(), 10);
+        // The ones let in keep getting through; verified ones always do.
+        let mut msg = ChitchatMessage::Ack {
+            delta: delta(&[
+                (&ghosts[0], &[]),
+                (&ghosts[MAX_UNVERIFIED], &[]),
+                (&id("lb2", 3, 2), &[]),
+            ]),
+        };
+        i.screen(&peer("lb2"), &mut msg);
+        assert_eq!(kept(&msg), vec![ghosts[0].clone(), id("lb2", 3, 2)]);
+        // Once chitchat forgets them, room is made.
+        i.retain(|_| false);
+        let mut msg = ChitchatMessage::Ack {
+            delta: delta(&[(&ghosts[MAX_UNVERIFIED], &[])]),
+        };
+        i.screen(&peer("lb2"), &mut msg);
+        assert_eq!(kept(&msg).len(), 1);
+    }
+}
