@@ -327,6 +327,12 @@ impl Heartbeat {
     }
 }
 
+impl From<u64> for Heartbeat {
+    fn from(heartbeat: u64) -> Self {
+        Heartbeat(heartbeat)
+    }
+}
+
 impl From<Heartbeat> for u64 {
     fn from(heartbeat: Heartbeat) -> Self {
         heartbeat.0
