@@ -243,7 +243,11 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
     );
     let unverified = s["mesh"]["unverified_peers"].as_array().unwrap();
     assert_eq!(unverified.len(), MAX_UNVERIFIED, "{s}");
-    assert!(unverified.iter().all(|u| u.as_str().unwrap().starts_with("ghost")));
+    assert!(
+        unverified
+            .iter()
+            .all(|u| u.as_str().unwrap().starts_with("ghost"))
+    );
     assert_eq!(
         metric(victim, "lbmesh_unverified_peers"),
         Some(MAX_UNVERIFIED as f64)
@@ -310,22 +314,26 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
         &mut beat,
         Duration::from_secs(3),
     ));
-    wait_for(Duration::from_secs(10), "lb1 to step down for lb3", victim, || {
-        victim.status()["failover"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("lb3 holds the VIP"))
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "lb1 to step down for lb3",
+        victim,
+        || {
+            victim.status()["failover"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("lb3 holds the VIP"))
+        },
+    );
     // … and once the claimant's link is gone (it sends no VRRP adverts and
     // is no longer authenticated), lb1 holds again, within a bound.
     drop(socket);
     let back = wait_for(Duration::from_secs(15), "lb1 to hold again", victim, || {
         may_hold(victim)
     });
-    println!("lb1 held again {} ms after the claimant left", back.as_millis());
-    assert!(
-        victim
-            .log()
-            .contains("its claim is no longer corroborated")
+    println!(
+        "lb1 held again {} ms after the claimant left",
+        back.as_millis()
     );
+    assert!(victim.log().contains("its claim is no longer corroborated"));
     drop(rt);
 }

@@ -334,6 +334,7 @@ impl Observe {
                     me,
                     others,
                     holds: holds.clone(),
+                    verified: identities.map(Identities::verified_nodes),
                     registry_generation,
                 },
                 &self.rule,

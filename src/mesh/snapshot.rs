@@ -12,7 +12,7 @@
 //! holds everything a caught-up peer listed after it had heard of this
 //! incarnation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -179,14 +179,24 @@ impl SyncState {
         Ok(SyncState { caught_up, holds })
     }
 
-    /// Whether `mine` holds everything this state lists, and the list was
-    /// made after its publisher had heard of incarnation `me`.
-    pub fn held_by(&self, mine: &BTreeMap<Incarnation, u64>, me: &Incarnation) -> bool {
+    /// Whether `mine` holds everything this state lists of the node ids
+    /// this peer would serve (`serves`; None: all), and the list was made
+    /// after its publisher had heard of incarnation `me`. A node id this
+    /// peer never verified is not served here, so it is not waited for
+    /// (invented node ids cannot hold a peer back).
+    pub fn held_by(
+        &self,
+        mine: &BTreeMap<Incarnation, u64>,
+        me: &Incarnation,
+        serves: Option<&BTreeSet<String>>,
+    ) -> bool {
         self.holds.contains_key(me)
-            && self
-                .holds
-                .iter()
-                .all(|(inc, v)| inc == me || *v == 0 || mine.get(inc).is_some_and(|m| m >= v))
+            && self.holds.iter().all(|(inc, v)| {
+                inc == me
+                    || *v == 0
+                    || serves.is_some_and(|s| !s.contains(&inc.0))
+                    || mine.get(inc).is_some_and(|m| m >= v)
+            })
     }
 }
 
@@ -208,6 +218,9 @@ pub struct Observation {
     pub others: Vec<Observed>,
     /// What this peer holds of every other incarnation (see [`SyncState::holds`]).
     pub holds: BTreeMap<Incarnation, u64>,
+    /// The node ids this peer verified (see [`super::trust`]); None: every
+    /// node id (no peer authentication).
+    pub verified: Option<BTreeSet<String>>,
     pub registry_generation: u64,
 }
 
@@ -281,7 +294,11 @@ fn catch_up(prev: &MeshState, seen: &Observation, rule: &CatchUpRule) -> Result<
     }
     let me: Incarnation = (seen.me.node_id.clone(), seen.me.incarnation);
     let live: Vec<&Observed> = seen.others.iter().filter(|o| o.status.live).collect();
-    let held = |o: &Observed| o.sync.as_ref().is_some_and(|s| s.held_by(&seen.holds, &me));
+    let held = |o: &Observed| {
+        o.sync
+            .as_ref()
+            .is_some_and(|s| s.held_by(&seen.holds, &me, seen.verified.as_ref()))
+    };
     // A list that names this incarnation was made after this peer started:
     // its maker was alive then, whether or not it looks live yet.
     if let Some(o) = seen
@@ -444,8 +461,27 @@ mod tests {
             me: row("lb2", true, 7, ("r1", "c1")),
             others,
             holds: holds.iter().map(|(n, g, v)| (inc(n, *g), *v)).collect(),
+            verified: None,
             registry_generation: 1,
         }
+    }
+
+    #[test]
+    fn a_node_id_never_verified_here_is_not_waited_for() {
+        let me = inc("lb2", 7);
+        let listed = SyncState {
+            caught_up: true,
+            holds: [(me.clone(), 0), (inc("lb1", 3), 5), (inc("ghost", 1), 9)]
+                .into_iter()
+                .collect(),
+        };
+        let mine: BTreeMap<Incarnation, u64> = [(inc("lb1", 3), 5)].into_iter().collect();
+        assert!(!listed.held_by(&mine, &me, None));
+        let verified: BTreeSet<String> = ["lb1".to_owned(), "lb2".to_owned()].into();
+        assert!(listed.held_by(&mine, &me, Some(&verified)));
+        // A verified node id is still waited for.
+        let mine = BTreeMap::new();
+        assert!(!listed.held_by(&mine, &me, Some(&verified)));
     }
 
     fn peer(id: &str, live: bool, s: Option<SyncState>) -> Observed {

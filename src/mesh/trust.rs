@@ -37,6 +37,9 @@ pub const MAX_UNVERIFIED: usize = 32;
 /// At most this many (node id, address) pairs are remembered as verified;
 /// the least recently authenticated are forgotten first.
 pub const MAX_VERIFIED: usize = 256;
+/// At most this many addresses are remembered per node id, so that one
+/// certificate connecting from many ports cannot push others' pairs out.
+pub const MAX_ADDRESSES_PER_NODE: usize = 4;
 /// The file in the data directory that keeps the verified pairs.
 pub const VERIFIED_FILE: &str = "verified-peers";
 
@@ -68,8 +71,9 @@ struct Ledger {
     by_addr: HashMap<SocketAddr, PeerId>,
     /// Every (node, address) pair authenticated, least recent first.
     verified: Vec<(PeerId, SocketAddr)>,
-    /// Open links (by connection id): the node their certificate names.
-    open: HashMap<usize, PeerId>,
+    /// Open links (by connection id): the node their certificate names, and
+    /// the address.
+    open: HashMap<usize, (PeerId, SocketAddr)>,
     /// The newest generation each node announced about itself.
     first_hand_generation: HashMap<PeerId, u64>,
     /// The newest VRRP claim (version, value) each incarnation gossiped itself.
@@ -103,7 +107,7 @@ impl Ledger {
     }
 
     fn connected(&self, node: &str) -> bool {
-        self.open.values().any(|n| n.as_str() == node)
+        self.open.values().any(|(n, _)| n.as_str() == node)
     }
 
     /// Whether gossip about `id` from `from` gets through (and lets it in).
@@ -217,16 +221,32 @@ impl Identities {
         let save = {
             let mut l = self.lock();
             l.by_addr.insert(addr, node.clone());
-            l.open.insert(conn, node.clone());
-            let pair = (node, addr);
+            l.open.insert(conn, (node.clone(), addr));
+            let pair = (node.clone(), addr);
             let known = l.verified.iter().position(|p| *p == pair);
             if let Some(i) = known {
                 l.verified.remove(i);
             }
             l.verified.push(pair);
+            let of_node = l.verified.iter().filter(|(n, _)| *n == node).count();
+            if of_node > MAX_ADDRESSES_PER_NODE {
+                if let Some(i) = l.verified.iter().position(|(n, _)| *n == node) {
+                    l.verified.remove(i);
+                }
+            }
             if l.verified.len() > MAX_VERIFIED {
                 l.verified.remove(0);
             }
+            // Who was at an address is kept as long as the pair is, or a link is open.
+            let Ledger {
+                by_addr,
+                verified,
+                open,
+                ..
+            } = &mut *l;
+            by_addr.retain(|a, _| {
+                verified.iter().any(|(_, v)| v == a) || open.values().any(|(_, o)| o == a)
+            });
             // The incarnations at that address are no longer unverified.
             let verified = l.verified.clone();
             l.admitted.retain(|id| {
@@ -257,6 +277,17 @@ impl Identities {
     /// How far `id` is trusted.
     pub fn standing(&self, id: &ChitchatId) -> Standing {
         self.lock().standing(id)
+    }
+
+    /// Every node id verified at some address, this peer's own included.
+    pub fn verified_nodes(&self) -> std::collections::BTreeSet<String> {
+        let l = self.lock();
+        l.verified
+            .iter()
+            .map(|(n, _)| n)
+            .chain(l.own.as_ref().map(|(n, _, _)| n))
+            .map(|n| n.to_string())
+            .collect()
     }
 
     /// Whether a link whose certificate names `node` is open now.
@@ -353,7 +384,10 @@ mod tests {
         ChitchatId::new(n, generation, addr(port))
     }
 
-    fn delta(nodes: &[(&ChitchatId, &[(&str, &str, u64)])]) -> Delta {
+    /// Key, value, version.
+    type Kvs<'a> = &'a [(&'a str, &'a str, u64)];
+
+    fn delta(nodes: &[(&ChitchatId, Kvs<'_>)]) -> Delta {
         let mut d = DeltaSerializer::with_mtu(60_000);
         for (id, kvs) in nodes {
             assert!(d.try_add_node((*id).clone(), 0, 0));
@@ -464,12 +498,36 @@ mod tests {
     }
 
     #[test]
+    fn one_certificate_from_many_ports_keeps_a_few_addresses_only() {
+        let i = ledger();
+        i.opened(addr(2), peer("lb2"), 1);
+        for port in 0..(MAX_VERIFIED as u16 * 2) {
+            i.opened(addr(10_000 + port), peer("lb3"), 100 + port as usize);
+            i.closed(100 + port as usize);
+        }
+        assert_eq!(
+            i.standing(&id("lb2", 1, 2)),
+            Standing::Verified(peer("lb2"))
+        );
+        assert_eq!(
+            i.standing(&id("lb3", 1, 10_000)),
+            Standing::Unverified(peer("lb3"))
+        );
+        let last = 10_000 + MAX_VERIFIED as u16 * 2 - 1;
+        assert_eq!(
+            i.standing(&id("lb3", 1, last)),
+            Standing::Verified(peer("lb3"))
+        );
+        assert!(i.lock().by_addr.len() <= MAX_VERIFIED + 1);
+    }
+
+    #[test]
     fn relays_about_a_connected_peer_or_this_one_are_dropped() {
         let i = ledger();
         i.opened(addr(2), peer("lb2"), 2);
         i.opened(addr(3), peer("lb3"), 3);
         let (lb2, lb3) = (id("lb2", 20, 2), id("lb3", 30, 3));
-        let forged_vrrp: &[(&str, &str, u64)] = &[("meta/vrrp", "MASTER VI 99", 1_000)];
+        let forged_vrrp: Kvs<'_> = &[("meta/vrrp", "MASTER VI 99", 1_000)];
         // lb3 tells about itself, relays about lb2 (connected) and about
         // this peer's current incarnation: only its own state gets through.
         let mut msg = ChitchatMessage::Ack {
@@ -505,8 +563,7 @@ mod tests {
         let ghosts: Vec<ChitchatId> = (0..MAX_UNVERIFIED + 10)
             .map(|n| id(&format!("ghost{n}"), 1, 1_000 + n as u16))
             .collect();
-        let nodes: Vec<(&ChitchatId, &[(&str, &str, u64)])> =
-            ghosts.iter().map(|g| (g, &[][..])).collect();
+        let nodes: Vec<(&ChitchatId, Kvs<'_>)> = ghosts.iter().map(|g| (g, &[][..])).collect();
         let mut msg = ChitchatMessage::Ack {
             delta: delta(&nodes),
         };
