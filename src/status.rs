@@ -166,7 +166,7 @@ pub struct PeerStatus {
     #[serde(default)]
     pub authenticated: bool,
     /// Its VRRP state, as shown, was gossiped by the peer itself (not only
-    /// relayed by others): only such a claim counts for split brains.
+    /// relayed by others).
     #[serde(default)]
     pub vrrp_first_hand: bool,
 }

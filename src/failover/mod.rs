@@ -177,7 +177,7 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
                 claim: p.vrrp_state.as_deref().and_then(Claim::parse),
                 node: p.node_id.clone(),
                 live: p.live,
-                authenticated: p.authenticated && p.vrrp_first_hand,
+                authenticated: p.authenticated,
             })
             .collect();
         let problems = crate::api::health_problems(&src.api).await;

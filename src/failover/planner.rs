@@ -36,8 +36,9 @@ pub const ADVERT_FRESH_MS: u64 = 1_000;
 pub struct Peer {
     pub node: String,
     pub live: bool,
-    /// Connected now under its own certificate, and its claim was heard from
-    /// itself (see `mesh::trust`): only then does its claim count.
+    /// Connected now under its own certificate (see `mesh::trust`): only
+    /// then does its claim count; while it is connected, nobody else can
+    /// overwrite its state.
     pub authenticated: bool,
     /// Its VRRP address (the address its adverts come from), if known.
     pub addr: Option<IpAddr>,
@@ -429,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_claim_heard_from_an_authenticated_peer_itself_counts() {
+    fn only_a_claim_of_a_peer_connected_now_counts() {
         // A newer MASTER claim that is not corroborated: no step-down.
         let mut w = World::new(
             Some(claim(VrrpState::Master, 100)),

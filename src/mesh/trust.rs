@@ -19,9 +19,9 @@
 //!   node that is not connected (dead, restarting, partitioned from here)
 //!   are still taken: that is how the state of a dead peer survives it.
 //! - Nobody else speaks for this peer's current incarnation.
-//! - A peer's VRRP claim counts for split brains only when it was heard
-//!   from that peer itself ([`Identities::vrrp_first_hand`]) and its link is
-//!   open now ([`Identities::connected`]).
+//! - A peer's VRRP claim counts for split brains only while its link is
+//!   open now ([`Identities::connected`]); whether the claim was heard from
+//!   the peer itself ([`Identities::vrrp_first_hand`]) is shown in status.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
