@@ -343,6 +343,10 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
         "lb1 held again {} ms after the claimant left",
         back.as_millis()
     );
-    assert!(victim.log().contains("its claim is no longer corroborated"));
+    assert!(
+        victim
+            .log()
+            .contains("split brain over (no live peer holds the VIP)")
+    );
     drop(rt);
 }
