@@ -11,6 +11,7 @@ use clap::Args;
 use rand::Rng;
 use serde_json::json;
 
+use crate::client::causes;
 use crate::registry::ServiceName;
 use crate::registry::types::{parse_port, parse_server_ip};
 use crate::secret::Token;
@@ -179,21 +180,6 @@ enum CallError {
     Peer(String),
     /// 4xx: the request itself is wrong; every peer would say the same.
     Request(String),
-}
-
-/// An error with its causes, e.g. a TLS failure under "error sending request".
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The peer's base URL (scheme, host, port) for `/v1/whoami`.
