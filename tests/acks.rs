@@ -7,24 +7,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use lbmesh::mesh::cluster::{Cluster, ClusterSettings};
-use lbmesh::registry::{Command, Key};
+use lbmesh::registry::Command;
 use lbmesh::shared::{AckMode, AckPolicy};
 use tokio::time::Instant;
 
-fn key(server: &str) -> Key {
-    Key {
-        frontend: 443,
-        server: server.parse::<SocketAddr>().unwrap(),
-    }
-}
+use common::{key, serves, until};
+
+/// How long a change may take to spread, and how often the test looks.
+const SETTLE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
 
 fn add(server: &str) -> Command {
     Command::Register {
-        key: key(server),
+        key: key(443, server),
         name: "traefik".parse().unwrap(),
         send_proxy: false,
         ttl: None,
@@ -33,7 +31,7 @@ fn add(server: &str) -> Command {
 
 fn del(server: &str) -> Command {
     Command::Delete {
-        key: key(server),
+        key: key(443, server),
         name: "traefik".parse().unwrap(),
     }
 }
@@ -57,25 +55,6 @@ async fn mesh(dir: &tempfile::TempDir, n: usize, mode: AckMode) -> Cluster {
     c.wait_converged(Duration::from_secs(10)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     c
-}
-
-fn serves(c: &Cluster, i: usize, server: &str) -> bool {
-    c.nodes[i]
-        .view()
-        .frontends
-        .get(&443)
-        .is_some_and(|f| f.servers.contains_key(&key(server).server))
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,7 +104,10 @@ async fn cut_off_from_every_peer_the_answer_says_it_is_not_replicated() {
         (Duration::from_millis(100)..=Duration::from_secs(1)).contains(&waited),
         "{waited:?}"
     );
-    assert!(serves(&c, 0, "198.18.10.1:30443"), "still applied here");
+    assert!(
+        serves(&c, 0, 443, "198.18.10.1:30443"),
+        "still applied here"
+    );
     // Once they are known dead, nothing is waited for.
     tokio::time::sleep(Duration::from_secs(60)).await;
     let start = Instant::now();
@@ -134,7 +116,7 @@ async fn cut_off_from_every_peer_the_answer_says_it_is_not_replicated() {
     assert!(start.elapsed() < Duration::from_millis(50));
     // Healed: confirmed again.
     c.net.heal();
-    eventually("the mesh to heal", || c.converged()).await;
+    until(SETTLE, POLL, "the mesh to heal", || c.converged()).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let a = c.nodes[0].submit(add("198.18.10.3:30443")).await.unwrap();
     assert_eq!(a.replicated, Some(true));
@@ -166,8 +148,8 @@ async fn an_acknowledged_write_survives_its_peer_and_disk_and_a_restart_of_the_r
             .replicated,
         Some(true)
     );
-    eventually("the server everywhere", || {
-        (0..3).all(|i| serves(&c, i, "198.18.10.9:30443"))
+    until(SETTLE, POLL, "the server everywhere", || {
+        (0..3).all(|i| serves(&c, i, 443, "198.18.10.9:30443"))
     })
     .await;
     let a = c.nodes[0].submit(add("198.18.10.1:30443")).await.unwrap();
@@ -177,8 +159,10 @@ async fn an_acknowledged_write_survives_its_peer_and_disk_and_a_restart_of_the_r
     // Peer 0 and its disk are gone for good, right after answering.
     c.kill(0).await;
     c.wipe(0);
-    eventually("the others to hold both writes", || {
-        (1..3).all(|i| serves(&c, i, "198.18.10.1:30443") && !serves(&c, i, "198.18.10.9:30443"))
+    until(SETTLE, POLL, "the others to hold both writes", || {
+        (1..3).all(|i| {
+            serves(&c, i, 443, "198.18.10.1:30443") && !serves(&c, i, 443, "198.18.10.9:30443")
+        })
     })
     .await;
     // Both others restart at once: what they held from peer 0 is on their disks.
@@ -187,9 +171,12 @@ async fn an_acknowledged_write_survives_its_peer_and_disk_and_a_restart_of_the_r
     c.start_node(1).await.unwrap();
     c.start_node(2).await.unwrap();
     for i in 1..3 {
-        assert!(serves(&c, i, "198.18.10.1:30443"), "peer {i} lost the add");
         assert!(
-            !serves(&c, i, "198.18.10.9:30443"),
+            serves(&c, i, 443, "198.18.10.1:30443"),
+            "peer {i} lost the add"
+        );
+        assert!(
+            !serves(&c, i, 443, "198.18.10.9:30443"),
             "peer {i} undid the delete"
         );
     }

@@ -13,15 +13,17 @@
 //! long the crashes go on (default 180). A failing run keeps its logs and
 //! prints where. Root only.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, NODEPORT, TOKEN, VIP};
+use common::bin;
+use lab::{Lab, NODEPORT, Reaped, TOKEN, VIP, in_ns};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,29 +34,6 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(2);
 /// Frontends the registrar writes to (the phone-home clients use 443).
 const PORTS: [u16; 4] = [10001, 10002, 10003, 10004];
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
-
-/// Children of the test itself, killed (and reaped) whatever happens.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
-}
-
 fn log_to(path: &Path) -> (Stdio, Stdio) {
     let f = std::fs::File::create(path).unwrap();
     (f.try_clone().unwrap().into(), f.into())
@@ -62,7 +41,7 @@ fn log_to(path: &Path) -> (Stdio, Stdio) {
 
 /// `lbmesh phone-home` on every Kubernetes node: frontend 443 to the node's
 /// NodePort, every 2 s, failing over between the three VMs.
-fn phone_home(lab: &Lab, children: &mut Children) {
+fn phone_home(lab: &Lab, children: &mut Vec<Reaped>) {
     let webhook: Vec<String> = lab
         .lbs
         .iter()
@@ -85,7 +64,7 @@ fn phone_home(lab: &Lab, children: &mut Children) {
             .stderr(err)
             .spawn()
             .unwrap();
-        children.0.push(child);
+        children.push(Reaped(child));
     }
 }
 
@@ -304,7 +283,8 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
     eprintln!("chaos: seed {seed} (replay with LBMESH_CHAOS_SEED={seed}), {secs} s of crashes");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut lab = Lab::start(bin(), 3, 2);
-    let mut children = Children::default();
+    // Children of the test itself, killed (and reaped) whatever happens.
+    let mut children: Vec<Reaped> = Vec::new();
     let dir = lab.dir.path().to_owned();
     let _evidence = KeepOnPanic {
         dir: dir.clone(),
@@ -319,7 +299,7 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
         std::thread::sleep(Duration::from_millis(100));
     }
     let prober_log = dir.join("prober.log");
-    children.0.push(
+    children.push(Reaped(
         in_ns(&lab.client, "chrt")
             .args(["-r", "30", "python3", "-u", "-c", PROBER])
             .arg(&prober_log)
@@ -329,7 +309,7 @@ fn hard_crashes_every_ten_seconds_lose_nothing_acknowledged_and_keep_the_vip_up(
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    ));
     // A crash at the start and every CRASH_EVERY after, the last at `secs`
     // or later: faults span the whole run.
     let rounds = (secs.div_ceil(CRASH_EVERY.as_secs()) + 1) as u32;

@@ -2,18 +2,14 @@
 //! in-memory network, driven as steps: write, partition, heal, kill,
 //! restart, assert-eventually.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
 use lbmesh::mesh::cluster::{Cluster, ClusterSettings};
-use lbmesh::registry::{Command, Key};
+use lbmesh::registry::Command;
 
-fn key(frontend: u16, server: &str) -> Key {
-    Key {
-        frontend,
-        server: server.parse::<SocketAddr>().unwrap(),
-    }
-}
+use common::{key, serves, until};
 
 fn add(frontend: u16, server: &str, name: &str) -> Command {
     Command::Register {
@@ -32,6 +28,8 @@ fn del(frontend: u16, server: &str, name: &str) -> Command {
 }
 
 const SETTLE: Duration = Duration::from_secs(10);
+/// How often the test looks while it waits.
+const POLL: Duration = Duration::from_millis(20);
 
 async fn cluster(dir: &tempfile::TempDir, n: usize) -> Cluster {
     let c = Cluster::start(dir.path(), n, 7, ClusterSettings::default())
@@ -43,22 +41,6 @@ async fn cluster(dir: &tempfile::TempDir, n: usize) -> Cluster {
     c
 }
 
-fn serves(c: &Cluster, i: usize, frontend: u16, server: &str) -> bool {
-    c.nodes[i]
-        .view()
-        .frontends
-        .get(&frontend)
-        .is_some_and(|f| f.servers.contains_key(&server.parse().unwrap()))
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < SETTLE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_at_any_peer_reaches_every_peer_and_a_delete_anywhere_removes_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +49,7 @@ async fn a_write_at_any_peer_reaches_every_peer_and_a_delete_anywhere_removes_it
         .submit(add(443, "198.18.10.1:30443", "traefik"))
         .await
         .unwrap();
-    eventually("the add everywhere", || {
+    until(SETTLE, POLL, "the add everywhere", || {
         (0..3).all(|i| serves(&c, i, 443, "198.18.10.1:30443"))
     })
     .await;
@@ -76,7 +58,7 @@ async fn a_write_at_any_peer_reaches_every_peer_and_a_delete_anywhere_removes_it
         .submit(del(443, "198.18.10.1:30443", "traefik"))
         .await
         .unwrap();
-    eventually("the delete everywhere", || {
+    until(SETTLE, POLL, "the delete everywhere", || {
         (0..3).all(|i| !serves(&c, i, 443, "198.18.10.1:30443"))
     })
     .await;
@@ -108,7 +90,7 @@ async fn a_partition_heals_into_one_registry() {
         "the majority side syncs"
     );
     c.net.heal();
-    eventually("both writes everywhere", || {
+    until(SETTLE, POLL, "both writes everywhere", || {
         (0..3).all(|i| {
             serves(&c, i, 443, "198.18.10.1:30443") && serves(&c, i, 8443, "198.18.10.2:30843")
         })
@@ -126,7 +108,7 @@ async fn a_dead_peers_registrations_stay_and_a_restart_keeps_them() {
         .submit(add(443, "198.18.10.1:30443", "traefik"))
         .await
         .unwrap();
-    eventually("replicated", || {
+    until(SETTLE, POLL, "replicated", || {
         (0..3).all(|i| serves(&c, i, 443, "198.18.10.1:30443"))
     })
     .await;
@@ -143,9 +125,12 @@ async fn a_dead_peers_registrations_stay_and_a_restart_keeps_them() {
         .submit(del(443, "198.18.10.1:30443", "traefik"))
         .await
         .unwrap();
-    eventually("the delete of the new incarnation everywhere", || {
-        (0..3).all(|i| !serves(&c, i, 443, "198.18.10.1:30443"))
-    })
+    until(
+        SETTLE,
+        POLL,
+        "the delete of the new incarnation everywhere",
+        || (0..3).all(|i| !serves(&c, i, 443, "198.18.10.1:30443")),
+    )
     .await;
     c.wait_converged(SETTLE).await.expect("digests agree");
     c.stop().await;
@@ -163,12 +148,12 @@ async fn a_peer_that_lost_its_disk_learns_everything_back() {
         .submit(add(443, "198.18.10.2:30443", "traefik"))
         .await
         .unwrap();
-    eventually("replicated", || {
+    until(SETTLE, POLL, "replicated", || {
         serves(&c, 2, 443, "198.18.10.1:30443") && serves(&c, 0, 443, "198.18.10.2:30443")
     })
     .await;
     c.restart(0, true).await.unwrap();
-    eventually("the wiped peer catches up", || {
+    until(SETTLE, POLL, "the wiped peer catches up", || {
         serves(&c, 0, 443, "198.18.10.1:30443") && serves(&c, 0, 443, "198.18.10.2:30443")
     })
     .await;
@@ -235,7 +220,7 @@ async fn seconds_of_clock_skew_change_nothing() {
         );
     }
     // A re-registration after the delete, seen by the fast peer, wins again.
-    eventually("the fast peer has seen the delete", || {
+    until(SETTLE, POLL, "the fast peer has seen the delete", || {
         !serves(&c, 0, 443, "198.18.10.1:30443")
     })
     .await;
@@ -243,7 +228,7 @@ async fn seconds_of_clock_skew_change_nothing() {
         .submit(add(443, "198.18.10.1:30443", "traefik"))
         .await
         .unwrap();
-    eventually("re-registered everywhere", || {
+    until(SETTLE, POLL, "re-registered everywhere", || {
         (0..3).all(|i| serves(&c, i, 443, "198.18.10.1:30443"))
     })
     .await;

@@ -3,31 +3,14 @@
 //! planned handoff with `lbmesh drain`. Runs as root; every test keeps the
 //! logs of its VMs and prints them when it fails.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{bin, eventually};
 use lab::Lab;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
-
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A lab of three VMs with traffic through VIP:443.
 fn serving_lab() -> (Lab, usize) {

@@ -5,13 +5,14 @@
 //! reserve for callers on the VM) so that the VIP stays where it is.
 //! Runs as root; keeps the VMs' logs and prints them when it fails.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::bin;
 use lab::Lab;
 
 /// Source addresses of the attack, each holding up to the per-source cap:
@@ -57,10 +58,6 @@ while time.time() < end:
     time.sleep(1)
 print(len(held))
 "#;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
 
 /// The VM's metrics, read from the VM itself (the reserve lets it in).
 fn metrics_text(vm: &lab::LbVm) -> String {

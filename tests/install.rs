@@ -7,6 +7,7 @@
 //! and a server on NodePort 30443. Then the VM that holds the VIP crashes.
 //! Runs as root; the VMs' logs are printed when it fails.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
@@ -14,28 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{bin, eventually_ok};
 use lab::Lab;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
+/// How often the test looks again while it waits.
+const POLL: Duration = Duration::from_millis(100);
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) => assert!(
-                start.elapsed() < within,
-                "timed out after {within:?} waiting for {what}; last:\n{last}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Runs `cmd`; its standard output, or everything it said when it failed.
@@ -381,7 +368,7 @@ fn the_three_vm_install_works_as_written() {
     // Step 5: "`lbmesh status` on any VM shows three live peers and `mesh
     // converged`", with no flag at all (it reads /etc/lbmesh/lbmesh.toml).
     for i in 0..3 {
-        eventually(Duration::from_secs(30), "three live peers", || {
+        eventually_ok(Duration::from_secs(30), POLL, "three live peers", || {
             let text = install.status(i, &[])?;
             match read_status(&text) {
                 (3, true, _) => Ok(()),
@@ -397,8 +384,9 @@ fn the_three_vm_install_works_as_written() {
     install.step6_keepalived(1);
     install.step6_keepalived(2);
     for i in 0..3 {
-        eventually(
+        eventually_ok(
             Duration::from_secs(15),
+            POLL,
             "the holder in lbmesh status",
             || {
                 let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;
@@ -415,12 +403,17 @@ fn the_three_vm_install_works_as_written() {
     let answer = install.step7_curl();
     assert_eq!(answer["result"], "registered", "{answer}");
     assert_eq!(answer["peer"], "lb2", "{answer}");
-    let greeting = eventually(Duration::from_secs(15), "traffic through VIP:443", || {
-        install
-            .lab
-            .client_greeting(443)
-            .ok_or_else(|| "no answer".to_owned())
-    });
+    let greeting = eventually_ok(
+        Duration::from_secs(15),
+        POLL,
+        "traffic through VIP:443",
+        || {
+            install
+                .lab
+                .client_greeting(443)
+                .ok_or_else(|| "no answer".to_owned())
+        },
+    );
     assert_eq!(greeting, "node-k1");
 
     // A hard crash of the holder: frozen, link down, every process killed.
@@ -447,8 +440,9 @@ fn the_three_vm_install_works_as_written() {
     assert_eq!(install.lab.client_greeting(443).as_deref(), Some("node-k1"));
     let name = format!("lb{}", new_holder + 1);
     for i in 1..3 {
-        eventually(
+        eventually_ok(
             Duration::from_secs(15),
+            POLL,
             "the new holder in lbmesh status",
             || {
                 let text = install.status(i, &["--config", "/etc/lbmesh/lbmesh.toml"])?;

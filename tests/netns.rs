@@ -2,31 +2,14 @@
 //! lbmesh + HAProxy + keepalived on one bridge, two Kubernetes-node
 //! namespaces with a NodePort server, and a client. Runs as root.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
-use std::path::Path;
 use std::time::Duration;
 
+use common::{bin, eventually};
 use lab::{Lab, NODEPORT};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
-
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn the_vip_serves_a_registration_made_elsewhere_and_survives_a_hard_crash_of_its_holder() {

@@ -5,44 +5,28 @@
 //! no connection is reset or fails, and the long-lived ones still echo at
 //! the end. Runs as root; the VMs' logs are printed when it fails.
 
+mod common;
 #[path = "netns/lab.rs"]
 mod lab;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use common::{bin, eventually_every};
 use lab::{Lab, LabOptions, VIP};
 
 /// The frontend of the long-lived connections, and its echo NodePort.
 const LONG: u16 = 8000;
 const ECHO_NODEPORT: u16 = 30444;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lbmesh"))
-}
-
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the test looks again while it waits.
+const POLL: Duration = Duration::from_millis(100);
 
 /// `n` connections to VIP:[`LONG`] from the client namespace, each echoing
 /// a line every 100 ms; any reset, wrong echo or echo slower than 10 s is
 /// an error. Once `stop` exists, each echoes once more and the client
 /// exits, having printed `open`, `err` and `final` lines.
 struct LongLived {
-    child: Child,
+    out: lab::Running,
     stop: PathBuf,
     tag: String,
 }
@@ -79,15 +63,8 @@ impl LongLived {
              asyncio.run(main())\n",
             stop = stop.display()
         );
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.client, "python3", "-u", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         LongLived {
-            child,
+            out: lab.client_python(&script, false),
             stop,
             tag: tag.to_owned(),
         }
@@ -96,17 +73,9 @@ impl LongLived {
     /// Asks every connection for a last echo; the client's lines.
     fn finish(mut self) -> Vec<String> {
         std::fs::write(&self.stop, b"").unwrap();
-        let out = BufReader::new(self.child.stdout.take().unwrap());
-        let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
-        let _ = self.child.wait();
+        let lines: Vec<String> = self.out.lines.by_ref().map_while(Result::ok).collect();
+        let _ = self.out.child.wait();
         lines
-    }
-}
-
-impl Drop for LongLived {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -122,18 +91,26 @@ fn a_rolling_upgrade_under_load_resets_and_fails_no_connection() {
     let node = lab.nodes[0].1.clone();
     lab.phone_home(0, first, 443, &node);
     lab.phone_home_to(0, first, LONG, ECHO_NODEPORT, "echo", &node);
-    eventually(Duration::from_secs(10), "traffic through the VIP", || {
-        lab.client_greeting(443)
-    });
+    eventually_every(
+        Duration::from_secs(10),
+        POLL,
+        "traffic through the VIP",
+        || lab.client_greeting(443),
+    );
     // Every VM passes packets it does not own to both others.
-    eventually(Duration::from_secs(20), "the handoff on every VM", || {
-        (0..3)
-            .all(|i| {
-                let h = &status(&lab, i)["vrrp"]["failover"]["handoff"];
-                h["installed"] == true && h["forwarding_to"].as_array().map(Vec::len) == Some(2)
-            })
-            .then_some(())
-    });
+    eventually_every(
+        Duration::from_secs(20),
+        POLL,
+        "the handoff on every VM",
+        || {
+            (0..3)
+                .all(|i| {
+                    let h = &status(&lab, i)["vrrp"]["failover"]["handoff"];
+                    h["installed"] == true && h["forwarding_to"].as_array().map(Vec::len) == Some(2)
+                })
+                .then_some(())
+        },
+    );
 
     let next = lab.dir.path().join("lbmesh-next");
     std::fs::copy(bin(), &next).unwrap();
@@ -163,8 +140,9 @@ fn a_rolling_upgrade_under_load_resets_and_fails_no_connection() {
         lab.wait_mesh(i, Duration::from_secs(30));
         let (ok, out) = lab.lbmesh_cli(i, &next, &["undrain"]);
         assert!(ok, "undrain of {}: {out}", lab.lbs[i].name);
-        eventually(
+        eventually_every(
             Duration::from_secs(15),
+            POLL,
             "the upgraded VM to be a backup again",
             || {
                 let s = status(&lab, i);

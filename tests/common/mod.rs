@@ -14,6 +14,11 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lbmesh");
 
+/// The `lbmesh` binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
 /// A loopback address of this test's own: tests run in parallel, and a
 /// port picked as free on a shared address can be taken by another test
 /// before its daemon binds it. The test process id and a counter make the
@@ -48,18 +53,84 @@ pub fn free_udp_port(ip: &str) -> u16 {
         .port()
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
+/// Calls `f` every `every` until it returns `Ok`; after `within`, its last
+/// `Err`.
+pub fn poll<T, E>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let start = Instant::now();
     loop {
-        if let Some(v) = f() {
-            return v;
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(last) if start.elapsed() >= within => return Err(last),
+            Err(_) => std::thread::sleep(every),
         }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what`
+/// after `timeout`.
+#[track_caller]
+pub fn eventually<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_every(timeout, Duration::from_millis(50), what, f)
+}
+
+/// [`eventually`], polling every `every`.
+#[track_caller]
+pub fn eventually_every<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    match poll(timeout, every, || f().ok_or(())) {
+        Ok(v) => v,
+        Err(()) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `f` every `every` until it returns `Ok`, or panics with `what` and
+/// the last error after `timeout`.
+#[track_caller]
+pub fn eventually_ok<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    f: impl FnMut() -> Result<T, String>,
+) -> T {
+    match poll(timeout, every, f) {
+        Ok(v) => v,
+        Err(last) => panic!("timed out after {timeout:?} waiting for {what}; last:\n{last}"),
+    }
+}
+
+/// Polls `f` every `every` on tokio's clock (paused or not) until it holds,
+/// or panics with `what` after `within`.
+pub async fn until(within: Duration, every: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The registry key of `server` ("ip:port") on `frontend`.
+pub fn key(frontend: u16, server: &str) -> lbmesh::registry::Key {
+    lbmesh::registry::Key {
+        frontend,
+        server: server.parse().unwrap(),
+    }
+}
+
+/// Whether in-process peer `i` serves `server` ("ip:port") on `frontend`.
+pub fn serves(c: &lbmesh::mesh::cluster::Cluster, i: usize, frontend: u16, server: &str) -> bool {
+    c.nodes[i]
+        .view()
+        .frontends
+        .get(&frontend)
+        .is_some_and(|f| f.servers.contains_key(&key(frontend, server).server))
 }
 
 /// One `lbmesh serve` process with its own data dir, killed (with its

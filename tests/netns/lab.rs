@@ -84,7 +84,7 @@ pub struct Lab {
     pub client: String,
     switch: String,
     namespaces: Vec<String>,
-    node_servers: Vec<Child>,
+    node_servers: Vec<Reaped>,
     /// Mounts to undo on drop (the VMs' own filesystems), innermost first.
     mounts: Vec<PathBuf>,
 }
@@ -212,41 +212,37 @@ impl Lab {
 
     /// A TCP server on the NodePort that greets with the node's name.
     pub fn start_node_server(&mut self, i: usize) {
-        let (ns, _) = &self.nodes[i];
         let script = format!(
             "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
              s.bind(('0.0.0.0',{NODEPORT}))\ns.listen(128)\n\
              while True:\n  c,_=s.accept()\n  c.sendall(b'node-k{}\\n')\n  c.close()\n",
             i + 1
         );
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.node_servers.push(child);
+        self.node_python(i, &script);
     }
 
     /// A TCP echo server on node `i`, port `port`: the far end of
     /// long-lived connections.
     pub fn start_node_echo(&mut self, i: usize, port: u16) {
-        let (ns, _) = &self.nodes[i];
         let script = format!(
             "import socket,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
              s.bind(('0.0.0.0',{port}))\ns.listen(128)\n\
              def echo(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\n\
              while True:\n  c,_=s.accept()\n  threading.Thread(target=echo,args=(c,),daemon=True).start()\n"
         );
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
+        self.node_python(i, &script);
+    }
+
+    /// Runs the Python `script` on node `i` until the lab is dropped.
+    fn node_python(&mut self, i: usize, script: &str) {
+        let child = in_ns(&self.nodes[i].0, "python3")
+            .args(["-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.node_servers.push(child);
+        self.node_servers.push(Reaped(child));
     }
 
     /// Runs `lbmesh ARGS` inside VM `i` against its own API (drain, undrain
@@ -450,20 +446,30 @@ impl Lab {
 
     /// GET on a peer's API from inside its namespace; (status, body).
     pub fn api_get(&self, i: usize, path: &str) -> (u16, serde_json::Value) {
+        self.api_call(i, &[], path, 3)
+    }
+
+    /// POST on a peer's API from inside its namespace; (status, body).
+    pub fn api_post(&self, i: usize, path: &str, max_secs: u64) -> (u16, serde_json::Value) {
+        self.api_call(i, &["-X", "POST"], path, max_secs)
+    }
+
+    /// curl with the token and `curl_args` on a peer's API from inside its
+    /// namespace, for at most `max_secs`; (status, body).
+    fn api_call(
+        &self,
+        i: usize,
+        curl_args: &[&str],
+        path: &str,
+        max_secs: u64,
+    ) -> (u16, serde_json::Value) {
         let lb = &self.lbs[i];
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lb.ns,
-                "curl",
-                "-s",
-                "-m",
-                "3",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-            ])
+        let out = in_ns(&lb.ns, "curl")
+            .arg("-s")
+            .args(curl_args)
+            .arg("-m")
+            .arg(max_secs.to_string())
+            .args(["-w", "\n%{http_code}", "-H"])
             .arg(format!("X-Funkypenguin-Token: {TOKEN}"))
             .arg(format!("{}{path}", lb.api()))
             .output()
@@ -588,6 +594,32 @@ impl Lab {
         (out.status.success() && !s.is_empty()).then_some(s)
     }
 
+    /// Runs the Python `script` in the client namespace, at realtime
+    /// priority if `realtime` (on a loaded machine the client then measures
+    /// the network, not its own wait for a CPU); read its lines as it prints
+    /// them. It is killed when dropped.
+    pub fn client_python(&self, script: &str, realtime: bool) -> Running {
+        let mut cmd = if realtime {
+            let mut c = in_ns(&self.client, "chrt");
+            c.args(["-r", "30", "python3"]);
+            c
+        } else {
+            in_ns(&self.client, "python3")
+        };
+        let mut child = cmd
+            .args(["-u", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Running {
+            child: Reaped(child),
+            lines,
+        }
+    }
+
     /// A client that connects to VIP:`port` every 20 ms from now on and
     /// reports each attempt; read it with [`Prober::first_success_after`].
     pub fn prober(&self, port: u16) -> Prober {
@@ -606,28 +638,7 @@ impl Lab {
              \x20 print(('ok' if ok else 'fail'), t, flush=True)\n\
              \x20 time.sleep(0.02)\n"
         );
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client,
-                // Realtime priority: on a loaded machine the client measures
-                // the network, not its own wait for a CPU.
-                "chrt",
-                "-r",
-                "30",
-                "python3",
-                "-u",
-                "-c",
-                &script,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Prober { child, lines }
+        Prober(self.client_python(&script, true))
     }
 
     /// A hard crash of a load balancer: its link down, every process in it
@@ -694,25 +705,6 @@ impl Lab {
         }
     }
 
-    /// POST on a peer's API from inside its namespace; (status, body).
-    pub fn api_post(&self, i: usize, path: &str, max_secs: u64) -> (u16, serde_json::Value) {
-        let lb = &self.lbs[i];
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lb.ns, "curl", "-s", "-X", "POST", "-m"])
-            .arg(max_secs.to_string())
-            .args(["-w", "\n%{http_code}", "-H"])
-            .arg(format!("X-Funkypenguin-Token: {TOKEN}"))
-            .arg(format!("{}{path}", lb.api()))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            serde_json::from_str(body).unwrap_or_default(),
-        )
-    }
-
     /// Runs an nftables script inside load balancer `i`'s namespace.
     pub fn nft(&self, i: usize, script: &str) {
         let mut child = Command::new("ip")
@@ -775,28 +767,7 @@ impl Lab {
              \x20 print(t,len(seen),','.join(sorted(seen)),flush=True)\n",
             every = every_ms as f64 / 1000.0
         );
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client,
-                // Realtime priority: on a loaded machine the client measures
-                // the network, not its own wait for a CPU.
-                "chrt",
-                "-r",
-                "30",
-                "python3",
-                "-u",
-                "-c",
-                &script,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        ArpObserver { child, lines }
+        ArpObserver(self.client_python(&script, true))
     }
 
     /// A client that starts a connection to VIP:`port` every `every_ms`,
@@ -826,28 +797,7 @@ impl Lab {
              asyncio.run(main())\n",
             every = every_ms as f64 / 1000.0
         );
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client,
-                // Realtime priority: on a loaded machine the client measures
-                // the network, not its own wait for a CPU.
-                "chrt",
-                "-r",
-                "30",
-                "python3",
-                "-u",
-                "-c",
-                &script,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Prober { child, lines }
+        Prober(self.client_python(&script, true))
     }
 
     /// Freezes (SIGSTOP) the processes of VM `i` whose command line contains
@@ -1018,6 +968,43 @@ impl Lab {
     }
 }
 
+/// `program` to run inside namespace `ns`.
+pub fn in_ns(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// A child process of a test, killed and reaped when dropped, also when the
+/// test fails.
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running program and the lines it prints.
+pub struct Running {
+    pub child: Reaped,
+    pub lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
 fn ns_pids(ns: &str) -> Vec<u32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
@@ -1078,10 +1065,7 @@ impl Drop for Lab {
         for lb in &mut self.lbs {
             lb.reap();
         }
-        for c in &mut self.node_servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.node_servers.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -1092,10 +1076,7 @@ impl Drop for Lab {
 }
 
 /// A running client that probes the VIP.
-pub struct Prober {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
+pub struct Prober(Running);
 
 impl Prober {
     /// Waits for the first successful connection that started after `t`
@@ -1103,7 +1084,7 @@ impl Prober {
     pub fn first_success_after(&mut self, t: f64, within: Duration) -> Option<f64> {
         let start = Instant::now();
         while start.elapsed() < within {
-            let line = self.lines.next()?.ok()?;
+            let line = self.0.lines.next()?.ok()?;
             let mut w = line.split_whitespace();
             let (ok, at) = (w.next()? == "ok", w.next()?.parse::<f64>().ok()?);
             if ok && at >= t {
@@ -1118,9 +1099,9 @@ impl Prober {
     /// Stops the client and counts (succeeded, failed) attempts that started
     /// at or after `t`.
     pub fn stop_and_count(mut self, t: f64) -> (usize, usize) {
-        let _ = self.child.kill();
+        let _ = self.0.child.kill();
         let (mut ok, mut failed) = (0, 0);
-        for line in self.lines.by_ref().map_while(Result::ok) {
+        for line in self.0.lines.by_ref().map_while(Result::ok) {
             let mut w = line.split_whitespace();
             let (Some(r), Some(at)) = (w.next(), w.next().and_then(|x| x.parse::<f64>().ok()))
             else {
@@ -1167,10 +1148,7 @@ pub struct Watch {
 }
 
 /// Counts the VMs that answer ARP for the VIP, sample by sample.
-pub struct ArpObserver {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
+pub struct ArpObserver(Running);
 
 impl ArpObserver {
     /// The next sample: (Unix seconds, how many VMs answered).
@@ -1180,7 +1158,7 @@ impl ArpObserver {
 
     /// The next sample: (Unix seconds, the MAC addresses that answered).
     pub fn next_macs(&mut self) -> Option<(f64, Vec<String>)> {
-        let line = self.lines.next()?.ok()?;
+        let line = self.0.lines.next()?.ok()?;
         let mut w = line.split_whitespace();
         let t = w.next()?.parse().ok()?;
         let n: usize = w.next()?.parse().ok()?;
@@ -1220,20 +1198,6 @@ impl ArpObserver {
             }
         }
         w
-    }
-}
-
-impl Drop for ArpObserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
