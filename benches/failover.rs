@@ -16,6 +16,8 @@
 //! LBMESH_LAB_KEEPALIVED_ARGS="--advert-int 0.25 --down-timer-adverts 3" …
 //! LBMESH_LAB_KEEPALIVED_ARGS="--advert-int 1 --down-timer-adverts 3" …
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/netns/lab.rs"]
 mod lab;
 

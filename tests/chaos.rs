@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bin;
-use lab::{Lab, NODEPORT, Reaped, TOKEN, VIP, in_ns};
+use common::{Reaped, bin};
+use lab::{Lab, NODEPORT, TOKEN, VIP, in_ns};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -368,16 +368,6 @@ fn a_check_that_hangs_is_reported_as_a_timeout_and_blames_no_frontend() {
     );
 }
 
-/// An HAProxy we start ourselves, standing in for a systemd service.
-struct ServiceHaproxy(std::process::Child);
-
-impl Drop for ServiceHaproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_external_reload_command_that_hangs_is_stopped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -392,22 +382,8 @@ fn an_external_reload_command_that_hangs_is_stopped_and_reported() {
         ),
     )
     .unwrap();
-    let service = ServiceHaproxy(
-        std::process::Command::new("haproxy")
-            .args(["-W", "-db", "-f"])
-            .arg(&cfg)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = service.0.id();
-    eventually(
-        Duration::from_secs(5),
-        "the service's runtime socket",
-        || runtime.exists().then_some(()),
-    );
+    let service = service_haproxy(&cfg, &runtime);
+    let pid = service.id();
     let d = daemon_with(&format!(
         "mode = \"external\"\nconfig-path = \"{}\"\nruntime-socket = \"{}\"\nreload-timeout = \"1s\"\n\
          reload-command = [\"sh\", \"-c\", \"kill -USR2 {pid}; if [ -e {} ]; then exec sleep 41; fi\"]",

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -63,16 +62,6 @@ fn the_original_curl_works_over_https_with_a_given_certificate() {
     assert_ne!(plain.0, 200);
 }
 
-/// An HAProxy we start ourselves, standing in for a systemd service.
-struct ServiceHaproxy(std::process::Child);
-
-impl Drop for ServiceHaproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn external_mode_reloads_an_haproxy_it_does_not_own() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,22 +76,8 @@ fn external_mode_reloads_an_haproxy_it_does_not_own() {
         ),
     )
     .unwrap();
-    let service = ServiceHaproxy(
-        Command::new("haproxy")
-            .args(["-W", "-db", "-f"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = service.0.id();
-    eventually(
-        Duration::from_secs(5),
-        "the service's runtime socket",
-        || runtime.exists().then_some(()),
-    );
+    let service = service_haproxy(&cfg, &runtime);
+    let pid = service.id();
     let toml = fast_toml(
         "",
         &format!(

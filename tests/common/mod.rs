@@ -133,6 +133,51 @@ pub fn serves(c: &lbmesh::mesh::cluster::Cluster, i: usize, frontend: u16, serve
         .is_some_and(|f| f.servers.contains_key(&key(frontend, server).server))
 }
 
+/// A child process of a test, killed and reaped when dropped, also when the
+/// test fails.
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HAProxy we start ourselves with `cfg`, standing in for a systemd
+/// service; returned once its runtime socket `runtime` exists.
+pub fn service_haproxy(cfg: &Path, runtime: &Path) -> Reaped {
+    let service = Reaped(
+        Command::new("haproxy")
+            .args(["-W", "-db", "-f"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the service's runtime socket",
+        || runtime.exists().then_some(()),
+    );
+    service
+}
+
 /// One `lbmesh serve` process with its own data dir, killed (with its
 /// HAProxy) when dropped, even if the test fails.
 pub struct Daemon {

@@ -2,7 +2,7 @@
 //! lbmesh, HAProxy and keepalived; "Kubernetes nodes" with a TCP server on a
 //! NodePort; a client. Addresses come from 198.18.0.0/15 and no traffic
 //! leaves the namespaces. Everything is torn down when the lab is dropped,
-//! also when a test fails.
+//! also when a test fails. A test that uses it declares `mod common;` too.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::common::Reaped;
 
 pub const VIP: &str = "198.18.0.100";
 pub const NODEPORT: u16 = 30443;
@@ -973,30 +975,6 @@ pub fn in_ns(ns: &str, program: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, program]);
     c
-}
-
-/// A child process of a test, killed and reaped when dropped, also when the
-/// test fails.
-pub struct Reaped(pub Child);
-
-impl std::ops::Deref for Reaped {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaped {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A running program and the lines it prints.
