@@ -10,6 +10,10 @@
 //!
 //! cargo bench --bench churn
 //! LBMESH_CHURN_SECS=60 LBMESH_FLAP_SECS=30 LBMESH_CHURN_SEED=7 cargo bench --bench churn
+//!
+//! The changes come from `LBMESH_CHURN_SENDERS` (8) threads, each on its
+//! own frontends and its own slots of the schedule; the run reports the
+//! rate reached next to the planned one, and refused and failed changes.
 
 #[path = "../tests/churn/mod.rs"]
 mod churn;
@@ -46,21 +50,42 @@ fn main() {
         servers_per_frontend: 10,
         changes_per_minute: env_num("LBMESH_CHURN_PER_MINUTE", 10_000),
         duration: Duration::from_secs(env_num("LBMESH_CHURN_SECS", 300)),
+        change_senders: env_num("LBMESH_CHURN_SENDERS", 8) as usize,
         clients: 4,
         client_pause: Duration::from_millis(5),
         grace,
         seed,
     };
+    // `cargo bench` builds the daemon with the bench profile (release
+    // settings), `--profile dev` with debug ones; say which one runs.
+    println!(
+        "daemon: {} ({} build)",
+        common::BIN,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     println!("churn: {plan:?}\nload average before: {}", load());
     let d = churn_daemon(grace, "2s");
     let r = churn(&d, &plan);
     drop(d);
     println!("{r:#?}");
     println!(
-        "CHURN changes={} ({:.0}/min) refused={} connections={} failed={} frontend_additions={} frontend_removals={} reloads={} runtime_updates={} max_masters={} max_workers={} seconds={:.1} load={}",
-        r.changes,
-        r.changes as f64 * 60.0 / r.churn_seconds,
+        "CHURN planned={} ({}/min) sent={} accepted={} ({:.0}/min) transient={} refused={} failed={} latency_ms(p50/p99/max)={:.1}/{:.1}/{:.1} max_lag_ms={:.0} connections={} failed_connections={} frontend_additions={} frontend_removals={} reloads={} runtime_updates={} max_masters={} max_workers={} seconds={:.1} load={}",
+        r.planned_changes,
+        plan.changes_per_minute,
+        r.sent_changes,
+        r.steady_changes,
+        r.steady_per_minute(),
+        r.changes - r.steady_changes,
         r.refused_changes,
+        r.failed_changes,
+        r.change_latency_ms[0],
+        r.change_latency_ms[1],
+        r.change_latency_ms[2],
+        r.max_lag_ms,
         r.connections,
         r.failed_connections,
         r.frontend_additions,
@@ -71,6 +96,12 @@ fn main() {
         r.max_workers,
         r.seconds,
         load()
+    );
+    // The planned rate held: every scheduled change was sent and accepted.
+    let rate_held = r.steady_changes == r.planned_changes;
+    println!(
+        "rate held: {rate_held} ({} of {} planned changes accepted)",
+        r.steady_changes, r.planned_changes
     );
 
     let flap_secs = env_num("LBMESH_FLAP_SECS", 120);
@@ -92,7 +123,10 @@ fn main() {
         f.max_workers,
         load()
     );
-    let ok = r.failed_connections == 0
+    let ok = rate_held
+        && r.refused_changes == 0
+        && r.failed_changes == 0
+        && r.failed_connections == 0
         && r.reloads <= r.frontend_additions + r.frontend_removals
         && r.max_masters == 1
         && r.max_workers <= 2

@@ -252,17 +252,60 @@ impl Drop for Watch {
     }
 }
 
+/// The original hook of one daemon, callable from any thread.
+#[derive(Clone)]
+struct Hook {
+    url: String,
+    token: String,
+}
+
+/// How the daemon answered one change.
+enum Answer {
+    Accepted,
+    /// An answer other than 200: its status and body.
+    Refused(u16, String),
+    /// No answer at all (connection refused, reset or timed out).
+    Failed,
+}
+
+impl Hook {
+    fn of(d: &Daemon) -> Hook {
+        Hook {
+            url: d.url("/hooks/update-haproxy"),
+            token: d.token.clone(),
+        }
+    }
+
+    /// Registers or withdraws `server` on `port`.
+    fn change(&self, name: &str, port: u16, server: SocketAddr, add: bool) -> Answer {
+        let mut body = json!({
+            "name": name, "frontend-port": port.to_string(),
+            "backend-port": server.port().to_string(), "dst-ip": server.ip().to_string(),
+            "action": if add { "add" } else { "delete" },
+        });
+        if add {
+            body["ttl"] = json!("3600");
+        }
+        match crate::common::http(
+            "POST",
+            &self.url,
+            Some(&self.token),
+            Some("application/json"),
+            Some(body.to_string().into_bytes()),
+        ) {
+            (200, _) => Answer::Accepted,
+            (0, _) => Answer::Failed,
+            (code, body) => Answer::Refused(code, body.to_string()),
+        }
+    }
+}
+
 /// Registers or withdraws `server` on `port` through the original hook.
 fn change(d: &Daemon, name: &str, port: u16, server: SocketAddr, add: bool) -> bool {
-    let mut body = json!({
-        "name": name, "frontend-port": port.to_string(),
-        "backend-port": server.port().to_string(), "dst-ip": server.ip().to_string(),
-        "action": if add { "add" } else { "delete" },
-    });
-    if add {
-        body["ttl"] = json!("3600");
-    }
-    d.hook(&body, "").0 == 200
+    matches!(
+        Hook::of(d).change(name, port, server, add),
+        Answer::Accepted
+    )
 }
 
 fn status_counter(d: &Daemon, key: &str) -> u64 {
@@ -277,11 +320,16 @@ pub struct ChurnPlan {
     /// Frontends that come and go: all their servers leave, stay away past
     /// the grace period, and come back.
     pub transient_frontends: usize,
-    /// Servers each steady frontend draws from.
+    /// Servers each steady frontend draws from (at least 2: a change never
+    /// withdraws a frontend's last server).
     pub servers_per_frontend: usize,
-    /// Registrations plus withdrawals per minute, across all frontends.
+    /// Registrations plus withdrawals per minute on the steady frontends.
     pub changes_per_minute: u64,
     pub duration: Duration,
+    /// Threads sending the changes. Each owns every n-th steady frontend
+    /// and every n-th slot of the schedule, so the offered rate is the
+    /// plan's as long as one answer takes less than n slots.
+    pub change_senders: usize,
     /// Client threads connecting through the steady frontends.
     pub clients: usize,
     /// Each client's pause between connections.
@@ -291,14 +339,49 @@ pub struct ChurnPlan {
     pub seed: u64,
 }
 
+impl ChurnPlan {
+    /// The time between two changes on the steady frontends, all senders together.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(60_000_000_000 / self.changes_per_minute.max(1))
+    }
+
+    /// When slot `n` of the schedule falls, after the start; None past the
+    /// plan's duration.
+    fn slot(&self, n: u64) -> Option<Duration> {
+        let at = Duration::from_nanos(self.interval().as_nanos() as u64 * n);
+        (at < self.duration).then_some(at)
+    }
+
+    /// Changes on the steady frontends the schedule holds.
+    pub fn planned_changes(&self) -> u64 {
+        let interval = self.interval().as_nanos().max(1);
+        self.duration.as_nanos().div_ceil(interval) as u64
+    }
+}
+
 /// What a churn run saw.
 #[derive(Debug, Clone, Default)]
 pub struct ChurnReport {
     /// How long the changes went on, and the whole run with its settling.
     pub churn_seconds: f64,
     pub seconds: f64,
+    /// Changes on the steady frontends: scheduled by the plan, sent before
+    /// the end of the run (fewer when the senders fell behind), accepted.
+    pub planned_changes: u64,
+    pub sent_changes: u64,
+    pub steady_changes: u64,
+    /// Accepted changes, on steady and transient frontends together.
     pub changes: u64,
+    /// Changes answered with an error status, and changes without an answer.
     pub refused_changes: u64,
+    pub failed_changes: u64,
+    /// The first refused or failed changes, with when they happened.
+    pub change_errors: Vec<String>,
+    /// How long the daemon took to answer a change on a steady frontend,
+    /// in milliseconds: median, 99th percentile, largest.
+    pub change_latency_ms: [f64; 3],
+    /// The most any change was sent after its slot, in milliseconds.
+    pub max_lag_ms: f64,
     pub frontend_additions: u64,
     pub frontend_removals: u64,
     pub reloads: u64,
@@ -310,6 +393,13 @@ pub struct ChurnReport {
     pub max_masters: usize,
     pub max_workers: usize,
     pub process_samples: u64,
+}
+
+impl ChurnReport {
+    /// Accepted changes on the steady frontends per minute of churn.
+    pub fn steady_per_minute(&self) -> f64 {
+        self.steady_changes as f64 * 60.0 / self.churn_seconds.max(f64::MIN_POSITIVE)
+    }
 }
 
 /// A daemon set up for churn: room for the servers, the given grace period
@@ -328,9 +418,128 @@ pub fn churn_daemon(grace: Duration, check_interval: &str) -> Daemon {
     })
 }
 
+/// The changes' answers, counted by every sender.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    steady: AtomicU64,
+    transient: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    /// Counts one answer; true if the change was accepted.
+    fn count(&self, answer: Answer, steady: bool, what: &str, started: Instant) -> bool {
+        let error = match answer {
+            Answer::Accepted => {
+                let n = if steady {
+                    &self.steady
+                } else {
+                    &self.transient
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Answer::Refused(code, body) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                format!("{code} {body}")
+            }
+            Answer::Failed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                "no answer".to_owned()
+            }
+        };
+        let mut list = self.errors.lock().unwrap();
+        if list.len() < 20 {
+            list.push(format!(
+                "{:.3}s {what}: {error}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        false
+    }
+}
+
+/// What one sender saw: answer latencies in microseconds, and its largest lag.
+struct SenderLog {
+    latencies_us: Vec<u32>,
+    max_lag: Duration,
+}
+
+/// One sender of changes on the steady frontends. It owns `frontends`
+/// (each with its pool of servers) and sends a change at each of its slots:
+/// `first`, `first + step`, ... intervals after `started`, until the plan's
+/// duration. Late, it sends at once and catches up. Which change it sends
+/// follows from its seed and the answers alone, never from timing.
+struct Sender {
+    hook: Hook,
+    frontends: Vec<(u16, Vec<SocketAddr>)>,
+    seed: u64,
+    first: u64,
+    step: u64,
+}
+
+impl Sender {
+    fn run(self, plan: &ChurnPlan, started: Instant, tally: &Tally) -> SenderLog {
+        let mut rng = Rng::new(self.seed);
+        // Every steady frontend starts with all its servers registered.
+        let mut registered: Vec<Vec<bool>> = self
+            .frontends
+            .iter()
+            .map(|(_, pool)| vec![true; pool.len()])
+            .collect();
+        let mut log = SenderLog {
+            latencies_us: Vec::new(),
+            max_lag: Duration::ZERO,
+        };
+        let mut slot = self.first;
+        while let Some(offset) = plan.slot(slot) {
+            if started.elapsed() >= plan.duration {
+                break;
+            }
+            slot += self.step;
+            let at = started + offset;
+            match at.checked_duration_since(Instant::now()) {
+                Some(wait) => std::thread::sleep(wait),
+                None => log.max_lag = log.max_lag.max(at.elapsed()),
+            }
+            // One server change, never a frontend's last server.
+            let (f, s, add) = loop {
+                let f = rng.below(self.frontends.len());
+                let s = rng.below(registered[f].len());
+                let add = !registered[f][s];
+                if add || registered[f].iter().filter(|r| **r).count() > 1 {
+                    break (f, s, add);
+                }
+            };
+            let (port, pool) = &self.frontends[f];
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            let asked = Instant::now();
+            let answer = self.hook.change(&format!("svc{port}"), *port, pool[s], add);
+            log.latencies_us
+                .push(asked.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            let what = format!(
+                "{} {} on {port}",
+                if add { "add" } else { "delete" },
+                pool[s]
+            );
+            if tally.count(answer, true, &what, started) {
+                registered[f][s] = add;
+            }
+        }
+        log
+    }
+}
+
 /// Runs churn on `d` as `plan` says.
 pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
-    let k = plan.servers_per_frontend.max(1);
+    let k = plan.servers_per_frontend;
+    assert!(
+        plan.steady_frontends >= 1 && k >= 2,
+        "churn needs a steady frontend with two servers: {plan:?}"
+    );
     let servers = Servers::start(plan.steady_frontends * k + plan.transient_frontends * 2);
     // A frontend port that is also a server's port on 127.0.0.1 (an
     // address of this VM) would be refused as a forwarding loop.
@@ -350,7 +559,6 @@ pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
     let pool = |f: usize| &servers.addrs[f * k..(f + 1) * k];
     // Every steady frontend starts with all its servers: its slots are
     // sized for the whole pool before the measured run.
-    let mut registered: Vec<Vec<bool>> = vec![vec![true; k]; plan.steady_frontends];
     for (f, port) in steady.iter().enumerate() {
         for s in pool(f) {
             assert!(change(d, &format!("svc{port}"), *port, *s, true));
@@ -402,67 +610,87 @@ pub fn churn(d: &Daemon, plan: &ChurnPlan) -> ChurnReport {
         })
         .collect();
 
-    // The churn itself, paced to the planned rate.
-    let mut rng = Rng::new(plan.seed);
-    let interval = Duration::from_secs_f64(60.0 / plan.changes_per_minute.max(1) as f64);
-    let mut report = ChurnReport::default();
-    // A transient frontend is up (with its two servers) or down since when.
-    let mut transient_up: Vec<Option<bool>> = vec![None; plan.transient_frontends];
-    let mut transient_since: Vec<Instant> = vec![started; plan.transient_frontends];
-    let cycle = plan.grace * 2 + Duration::from_secs(2);
-    let mut next = Instant::now();
-    while started.elapsed() < plan.duration {
+    // The churn itself: the senders share the schedule, each its own
+    // frontends and slots, while this thread moves the transient frontends.
+    let hook = Hook::of(d);
+    let tally = Tally::default();
+    let n = plan.change_senders.clamp(1, plan.steady_frontends.max(1));
+    let mut report = ChurnReport {
+        planned_changes: plan.planned_changes(),
+        ..ChurnReport::default()
+    };
+    let logs: Vec<SenderLog> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..n)
+            .map(|c| {
+                let sender = Sender {
+                    hook: hook.clone(),
+                    frontends: (c..steady.len())
+                        .step_by(n)
+                        .map(|f| (steady[f], pool(f).to_vec()))
+                        .collect(),
+                    seed: plan.seed ^ (c as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                    first: c as u64,
+                    step: n as u64,
+                };
+                let tally = &tally;
+                scope.spawn(move || sender.run(plan, started, tally))
+            })
+            .collect();
         // Transient frontends: up for a cycle, down for a cycle (past the grace).
-        for t in 0..plan.transient_frontends {
-            let offset = cycle.mul_f64(t as f64 / plan.transient_frontends.max(1) as f64);
-            if started.elapsed() < offset
-                || transient_since[t].elapsed() < cycle && transient_up[t].is_some()
-            {
-                continue;
-            }
-            let up = !transient_up[t].unwrap_or(false);
-            let port = transient[t];
-            let base = plan.steady_frontends * k + t * 2;
-            for s in &servers.addrs[base..base + 2] {
-                if change(d, &format!("svc{port}"), port, *s, up) {
-                    report.changes += 1;
-                } else {
-                    report.refused_changes += 1;
+        let mut transient_up: Vec<Option<bool>> = vec![None; plan.transient_frontends];
+        let mut transient_since: Vec<Instant> = vec![started; plan.transient_frontends];
+        let cycle = plan.grace * 2 + Duration::from_secs(2);
+        while started.elapsed() < plan.duration {
+            for t in 0..plan.transient_frontends {
+                let offset = cycle.mul_f64(t as f64 / plan.transient_frontends.max(1) as f64);
+                if started.elapsed() < offset
+                    || transient_since[t].elapsed() < cycle && transient_up[t].is_some()
+                {
+                    continue;
                 }
+                let up = !transient_up[t].unwrap_or(false);
+                let port = transient[t];
+                let base = plan.steady_frontends * k + t * 2;
+                for s in &servers.addrs[base..base + 2] {
+                    let answer = hook.change(&format!("svc{port}"), port, *s, up);
+                    let what = format!("{} {s} on {port}", if up { "add" } else { "delete" });
+                    tally.count(answer, false, &what, started);
+                }
+                if up {
+                    report.frontend_additions += 1;
+                } else {
+                    report.frontend_removals += 1;
+                }
+                transient_up[t] = Some(up);
+                transient_since[t] = Instant::now();
             }
-            if up {
-                report.frontend_additions += 1;
-            } else {
-                report.frontend_removals += 1;
-            }
-            transient_up[t] = Some(up);
-            transient_since[t] = Instant::now();
+            std::thread::sleep(Duration::from_millis(50));
         }
-        // One server change on a steady frontend, never its last server.
-        let f = rng.below(plan.steady_frontends);
-        let s = rng.below(k);
-        let port = steady[f];
-        let count = registered[f].iter().filter(|r| **r).count();
-        let add = !registered[f][s];
-        if !add && count == 1 {
-            continue;
-        }
-        if change(d, &format!("svc{port}"), port, pool(f)[s], add) {
-            registered[f][s] = add;
-            report.changes += 1;
-        } else {
-            report.refused_changes += 1;
-        }
-        next += interval;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
+        senders.into_iter().map(|s| s.join().unwrap()).collect()
+    });
     report.churn_seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
     }
+    report.sent_changes = tally.sent.load(Ordering::Relaxed);
+    report.steady_changes = tally.steady.load(Ordering::Relaxed);
+    report.changes = report.steady_changes + tally.transient.load(Ordering::Relaxed);
+    report.refused_changes = tally.refused.load(Ordering::Relaxed);
+    report.failed_changes = tally.failed.load(Ordering::Relaxed);
+    report.change_errors = tally.errors.lock().unwrap().clone();
+    let mut latencies: Vec<u32> = logs.iter().flat_map(|l| l.latencies_us.clone()).collect();
+    latencies.sort_unstable();
+    let ms = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    report.change_latency_ms = [ms(0.5), ms(0.99), ms(1.0)];
+    report.max_lag_ms = logs
+        .iter()
+        .map(|l| l.max_lag.as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
     // A removal lands after the grace period: wait for it before counting.
     std::thread::sleep(plan.grace + Duration::from_secs(1));
     let (max_masters, max_workers, samples) = watch.finish();
@@ -526,25 +754,16 @@ pub fn flap(d: &Daemon, duration: Duration) -> FlapReport {
     let flaps = Arc::new(AtomicU64::new(0));
     let flapper = {
         let (stop, flaps) = (stop.clone(), flaps.clone());
-        let (api, token) = (d.api, d.token.clone());
+        let hook = Hook::of(d);
         std::thread::spawn(move || {
-            let hook = |action: &str| {
-                let body = json!({
-                    "name": "flapper", "frontend-port": flapped.to_string(),
-                    "backend-port": target.port().to_string(), "dst-ip": target.ip().to_string(),
-                    "action": action,
-                });
-                crate::common::http(
-                    "POST",
-                    &format!("http://{api}/hooks/update-haproxy"),
-                    Some(&token),
-                    Some("application/json"),
-                    Some(body.to_string().into_bytes()),
+            let flip = |add| {
+                matches!(
+                    hook.change("flapper", flapped, target, add),
+                    Answer::Accepted
                 )
-                .0
             };
             while !stop.load(Ordering::Relaxed) {
-                if hook("delete") == 200 && hook("add") == 200 {
+                if flip(false) && flip(true) {
                     flaps.fetch_add(1, Ordering::Relaxed);
                 }
             }
