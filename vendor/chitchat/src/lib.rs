@@ -76,6 +76,10 @@ pub struct Chitchat {
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// The live nodes changed while nobody but this struct watched them, so
+    /// the watch was not sent a copy of their states; the next watcher
+    /// handed out gets a fresh one first.
+    live_nodes_unsent: std::sync::atomic::AtomicBool,
 }
 
 impl Chitchat {
@@ -94,6 +98,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            live_nodes_unsent: std::sync::atomic::AtomicBool::new(false),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -241,23 +246,19 @@ impl Chitchat {
             .collect::<HashMap<_, _>>();
 
         if self.previous_live_nodes != current_live_nodes {
-            let live_nodes = current_live_nodes
-                .keys()
-                .cloned()
-                .flat_map(|chitchat_id| {
-                    let node_state = self.node_state(&chitchat_id)?;
-                    if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
-                        if !liveness_extra_predicate(node_state) {
-                            return None;
-                        }
-                    }
-                    Some((chitchat_id, node_state.clone()))
-                })
-                .collect::<BTreeMap<_, _>>();
             self.previous_live_nodes = current_live_nodes;
-
-            if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
-                error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+            // The watch holds a copy of every live node's state, all its
+            // key-values: with nobody watching but this struct's own
+            // receiver, copying it at every change only costs memory and time.
+            if self.live_nodes_watcher_tx.receiver_count() > 1 {
+                let live_nodes = self.live_node_states();
+                if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
+                    error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+                }
+            } else {
+                self.live_nodes_watcher_tx.send_replace(BTreeMap::new());
+                self.live_nodes_unsent
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // Perform garbage collection.
@@ -299,11 +300,34 @@ impl Chitchat {
     ///
     /// Heartbeats are not notified.
     pub fn live_nodes_watch_stream(&self) -> WatchStream<BTreeMap<ChitchatId, NodeState>> {
-        WatchStream::new(self.live_nodes_watcher_rx.clone())
+        WatchStream::new(self.live_nodes_watcher())
     }
 
     pub fn live_nodes_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        if self
+            .live_nodes_unsent
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.live_nodes_watcher_tx
+                .send_replace(self.live_node_states());
+        }
         self.live_nodes_watcher_rx.clone()
+    }
+
+    /// The states of the live nodes that pass the extra liveness predicate.
+    fn live_node_states(&self) -> BTreeMap<ChitchatId, NodeState> {
+        self.previous_live_nodes
+            .keys()
+            .flat_map(|chitchat_id| {
+                let node_state = self.node_state(chitchat_id)?;
+                if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
+                    if !liveness_extra_predicate(node_state) {
+                        return None;
+                    }
+                }
+                Some((chitchat_id.clone(), node_state.clone()))
+            })
+            .collect()
     }
 
     /// Returns the set of nodes considered dead by the failure detector.
