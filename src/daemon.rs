@@ -308,6 +308,11 @@ pub async fn run(
         "maintenance",
         maintain(shared.clone(), shutdown_rx.clone()),
     );
+    tasks.spawn(
+        Stage::First,
+        "memory",
+        crate::memory::release_when_asked(Duration::from_secs(5), shutdown_rx.clone()),
+    );
     if let Some(path) = settings.keepalived.notify_fifo.clone() {
         tasks.spawn(
             Stage::First,

@@ -134,7 +134,7 @@ pub(super) async fn list_frontends(
     let view: RegistryView = st.registry.view();
     let apply = st.apply.borrow().clone();
     let health = st.health.borrow().clone();
-    Json(ListOut {
+    let response = Json(ListOut {
         changes: view.generation,
         digest: view.digest(),
         frontends: FrontendsOut {
@@ -145,7 +145,9 @@ pub(super) async fn list_frontends(
         },
         conflicts: &view.conflicts,
     })
-    .into_response()
+    .into_response();
+    crate::memory::bulk_work_done();
+    response
 }
 
 pub(super) async fn get_frontend(

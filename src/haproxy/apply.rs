@@ -114,6 +114,14 @@ struct Snapshot {
     digest: String,
 }
 
+impl Snapshot {
+    /// What says when the view is out of date: its config generation and
+    /// the next lease end.
+    fn marks(&self) -> (u64, Option<u64>) {
+        (self.view.config_generation, self.view.next_expiry_ms)
+    }
+}
+
 impl Applier {
     pub fn new(
         registry: Arc<SharedRegistry>,
@@ -175,23 +183,29 @@ impl Applier {
     async fn run_here(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.registry.subscribe();
         let mut process = self.haproxy.state().subscribe();
-        let mut snapshot = self.snapshot();
+        // The view planned from, kept from one step to the next but not
+        // while waiting: with many servers it is tens of megabytes, and a
+        // wait usually ends with a change that needs a new one anyway.
+        let mut kept = Some(self.snapshot());
+        let mut seen = kept.as_ref().map_or((0, None), Snapshot::marks);
         self.adopt().await;
         // Why the next change to HAProxy happens: what changed last.
         let mut cause = Cause::Start;
         let mut exits_seen = self.haproxy.state().exits();
         loop {
-            if *changes.borrow_and_update() != snapshot.view.config_generation {
-                snapshot = self.snapshot();
+            let (generation, next_expiry_ms) = seen;
+            if *changes.borrow_and_update() != generation {
+                kept = None;
                 cause = Cause::Registry;
-            } else if snapshot
-                .view
-                .next_expiry_ms
-                .is_some_and(|t| t <= self.registry.now_ms())
-            {
-                snapshot = self.snapshot();
+            } else if next_expiry_ms.is_some_and(|t| t <= self.registry.now_ms()) {
+                kept = None;
                 cause = Cause::Expiry;
             }
+            let snapshot = match kept.take() {
+                Some(s) => s,
+                None => self.snapshot(),
+            };
+            seen = snapshot.marks();
             // (The stats observer counts restarts and reports each.)
             let exits = self.haproxy.state().exits();
             if exits > exits_seen {
@@ -232,17 +246,19 @@ impl Applier {
                     let report = self.planner.handle(outcome, Instant::now());
                     self.quarantine_events(&quarantined_before);
                     self.publish(&snapshot, report, started, cause);
+                    kept = Some(snapshot);
                     continue;
                 }
             };
             self.quarantine_events(&quarantined_before);
             self.publish(&snapshot, None, Instant::now(), cause);
+            drop(snapshot);
+            crate::memory::bulk_work_done();
             // Wake for a registry change, an HAProxy start or exit, the
             // planner's deadline, or the next lease end.
             let now_ms = self.registry.now_ms();
-            let expiry = snapshot
-                .view
-                .next_expiry_ms
+            let expiry = seen
+                .1
                 .map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now_ms)));
             let deadline = match (until, expiry) {
                 (Some(u), Some(e)) => Some(u.min(e)),

@@ -134,6 +134,7 @@ impl Writer {
             .map_err(|e| e.to_string())?;
             Ok(log)
         })();
+        crate::memory::bulk_work_done();
         match r {
             Ok(log) => {
                 let old = self.log_path();
