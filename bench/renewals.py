@@ -13,10 +13,14 @@ Measured in one run, on loopback:
    without them (`--unguarded`: no caps, timeouts or activity watch), and
    lbmesh with its default caps and timeouts against lbmesh with them lifted
    by config (`[api]` caps at 1,000,000, timeouts of a day);
-3. fsync calls during pure renewals (strace -f on lbmesh while wrk runs),
+3. latency at an offered rate (bench/renew_paced.lua: 16 connections, one
+   call each per 10 ms) for the ceiling and lbmesh with 1,000 servers, in
+   alternating rounds: the p99 a fleet sees, where wrk at full speed
+   measures the queue of a saturated server;
+4. fsync calls during pure renewals (strace -f on lbmesh while wrk runs),
    split between the request path and the store's background thread;
-4. with --perf, where lbmesh's time goes (perf record -g during wrk);
-5. gossip bytes/s per peer in a two-peer QUIC mesh holding 1,000 servers,
+5. with --perf, where lbmesh's time goes (perf record -g during wrk);
+6. gossip bytes/s per peer in a two-peer QUIC mesh holding 1,000 servers,
    idle and while those servers are renewed at 100/s and at full speed.
 
 Usage: bench/renewals.py [--bin target/release/lbmesh]
@@ -50,12 +54,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIRST_PORT = 42000
 
 
-def wrk(url, duration, frontends, servers, pid=None):
-    """One wrk run; with `pid`, also that process's CPU time per request."""
+def wrk(url, duration, frontends, servers, pid=None, pace_ms=None):
+    """One wrk run; with `pid`, also that process's CPU time per request;
+    with `pace_ms`, each connection waits that long between its calls."""
     cpu0 = cpu_seconds(pid) if pid else 0
+    script, extra = "renew.lua", []
+    if pace_ms is not None:
+        script, extra = "renew_paced.lua", [str(pace_ms)]
     out = subprocess.run(
-        ["wrk", "-t1", "-c16", f"-d{duration}s", "--latency", "-s", os.path.join(HERE, "renew.lua"),
-         url, "--", TOKEN, str(FIRST_PORT), str(frontends), str(servers)],
+        ["wrk", "-t1", "-c16", f"-d{duration}s", "--latency", "-s", os.path.join(HERE, script),
+         url, "--", TOKEN, str(FIRST_PORT), str(frontends), str(servers), *extra],
         check=True, capture_output=True, text=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK "))
     res = json.loads(line[4:])
@@ -180,13 +188,50 @@ def throughput(a, root):
                       f"lbmesh/ceiling {res['lbmesh']['rps'] / res['ceiling']['rps']:.0%}", flush=True)
                 for name in sides:
                     print("    " + show(f"{name:<18}", res[name]), flush=True)
+        paced_rows = paced(a, sides)
         fsyncs(a, peers["lbmesh"])
         if a.perf:
             profile(a, peers["lbmesh"])
     finally:
         for s in sides.values():
             s.stop()
+    return rows, paced_rows
+
+
+PACE_MS = 10
+
+
+def paced(a, sides):
+    """Latency at an offered rate a fleet would send (16 connections, one
+    call each per PACE_MS: about 1,600 renewals a second, a fleet of 16,000
+    servers renewing every 10 s) rather than at saturation: the ceiling and
+    lbmesh (1,000 servers) in alternating rounds."""
+    rows = []
+    order = ["ceiling", "lbmesh"]
+    for r in range(a.rounds):
+        res = {}
+        for name in (order if r % 2 == 0 else order[::-1]):
+            res[name] = wrk(sides[name].url, a.duration, 10, 100, sides[name].proc.pid, PACE_MS)
+            if res[name]["non2xx"] or res[name]["socket_errors"]:
+                raise RuntimeError(f"{name}: errors: {res[name]}")
+        rows.append(res)
+        print(f" 1000 servers, paced, round {r + 1}, load {os.getloadavg()[0]:5.2f}", flush=True)
+        for name in order:
+            print("    " + show(f"{name:<18}", res[name]), flush=True)
     return rows
+
+
+def paced_summary(rows):
+    for name in ("ceiling", "lbmesh"):
+        p99 = [r[name]["p99_ms"] for r in rows]
+        rps = [r[name]["rps"] for r in rows]
+        print(f" 1000 servers, paced (16 connections, one call each per {PACE_MS} ms), {name}: "
+              f"{median(rps):,.0f} req/s, p99 median {median(p99):.2f} ms "
+              f"(rounds {min(p99):.2f}..{max(p99):.2f})"
+              + ("; target < 2 ms" if name == "lbmesh" else ""))
+    ratio = [r["lbmesh"]["p99_ms"] / r["ceiling"]["p99_ms"] for r in rows]
+    print(f" 1000 servers, paced: lbmesh/ceiling p99 median {median(ratio):.2f} "
+          f"(rounds {min(ratio):.2f}..{max(ratio):.2f})")
 
 
 def summary(rows):
@@ -316,8 +361,9 @@ def main():
     root = tempfile.mkdtemp(prefix="lbmesh-bench-renewals-")
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-        rows = throughput(a, root)
+        rows, paced_rows = throughput(a, root)
         summary(rows)
+        paced_summary(paced_rows)
         if not a.skip_gossip:
             gossip(a, root)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
