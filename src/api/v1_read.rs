@@ -161,13 +161,12 @@ pub(super) async fn get_frontend(
         Ok(port) => port,
         Err(e) => return e.into_response(),
     };
-    let view = st.registry.view();
-    let Some(f) = view.frontends.get(&port) else {
+    let Some(f) = st.registry.frontend_view(port) else {
         return ApiError::NotFound(format!("no frontend on port {port}")).into_response();
     };
     let apply = st.apply.borrow().clone();
     let health = st.health.borrow().clone();
-    Json(frontend_out(f, st.registry.now_ms(), &apply, &health)).into_response()
+    Json(frontend_out(&f, st.registry.now_ms(), &apply, &health)).into_response()
 }
 
 /// The address the caller connects from: lets a phone-home client learn its

@@ -365,6 +365,9 @@ proptest! {
             prop_assert_eq!(s.frontends, v.frontends.len());
             prop_assert_eq!(s.conflicts, v.conflicts.len());
             prop_assert_eq!(s.refused, v.refused.len());
+            for port in 1000..1006 {
+                prop_assert_eq!(r.frontend_view(port, now), v.frontends.get(&port).cloned());
+            }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
             for f in v.frontends.values() {
@@ -664,6 +667,9 @@ proptest! {
             let s = r.summary(now);
             prop_assert_eq!(s.digest, v.digest());
             prop_assert_eq!(s.refused, v.refused.len(), "status lists what the view leaves out");
+            for port in 1000..1006 {
+                prop_assert_eq!(r.frontend_view(port, now), v.frontends.get(&port).cloned());
+            }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
             prop_assert!(v.frontends.values().all(|f| f.servers.len() <= 3));

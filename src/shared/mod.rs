@@ -270,6 +270,12 @@ impl SharedRegistry {
         self.lock().view(now)
     }
 
+    /// One frontend as served now.
+    pub fn frontend_view(&self, port: u16) -> Option<crate::registry::view::FrontendView> {
+        let now = self.clock.now_ms();
+        self.lock().frontend_view(port, now)
+    }
+
     /// Runs `f` with the registry locked; keep it short.
     pub fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
         f(&mut self.lock())

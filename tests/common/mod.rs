@@ -35,10 +35,34 @@ pub fn test_ip() -> String {
     )
 }
 
-/// A port nobody listens on right now.
+/// TCP ports this test process has handed out: a port found free is closed
+/// again before it is used, so the kernel may pick it for the next socket
+/// bound to port 0 (a frontend port and a backend's port that coincide make
+/// a forwarding loop, which lbmesh rightly refuses).
+fn handed_out() -> std::sync::MutexGuard<'static, std::collections::HashSet<u16>> {
+    static PORTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+        std::sync::OnceLock::new();
+    PORTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds `addr` (port 0: any port this process has not handed out yet).
+fn bind_unique(addr: SocketAddr) -> TcpListener {
+    loop {
+        let listener = TcpListener::bind(addr).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if addr.port() != 0 || handed_out().insert(port) {
+            return listener;
+        }
+    }
+}
+
+/// A port nobody listens on right now, and not handed out before by this
+/// process.
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
+    bind_unique(SocketAddr::new(ip.parse().unwrap(), 0))
         .local_addr()
         .unwrap()
         .port()
@@ -670,7 +694,7 @@ impl Backend {
 
     /// A backend at exactly `addr` (port 0 picks one).
     pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
-        let listener = TcpListener::bind(addr).unwrap();
+        let listener = bind_unique(addr);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
