@@ -8,7 +8,9 @@ At each size, on loopback, with the release binary:
 * registering the servers (keep-alive HTTP/1.1, 32 concurrent connections),
   and the time until HAProxy serves them all (`/v1/status`: in step, all
   servers);
-* lbmesh's RSS (VmRSS, VmHWM) and HAProxy's (master and workers);
+* lbmesh's RSS (VmRSS, VmHWM) and HAProxy's (master and workers), and
+  lbmesh's again right after the reads below and 6 s later (it returns what
+  bulk work freed to the system within 5 s);
 * `GET /v1/status`, `GET /v1/frontends` and `GET /v1/frontends/PORT`
   latency (sequential requests);
 * applies timed with `?wait=applied`: a server added to an existing
@@ -248,6 +250,10 @@ def measure(p1, label, frontend_ports, spare_port, extra, served, a, say):
     say(k("frontend"), one, f"GET /v1/frontends/PORT: {one}")
     say(k("rss_after_reads_kib"), rss_kib(p1.proc.pid),
         f"lbmesh RSS after the reads: {rss_kib(p1.proc.pid)}")
+    # lbmesh gives what bulk work freed back to the system within 5 s.
+    time.sleep(6)
+    say(k("rss_settled_kib"), rss_kib(p1.proc.pid),
+        f"lbmesh RSS 6 s after the reads: {rss_kib(p1.proc.pid)}")
     if not served:
         say(k("rss_final_kib"), rss_kib(p1.proc.pid), f"lbmesh RSS at the end: {rss_kib(p1.proc.pid)}")
         return

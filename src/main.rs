@@ -5,6 +5,7 @@ use clap::Parser;
 use lbmesh::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
+    lbmesh::memory::tune_allocator();
     let cli = Cli::try_parse().unwrap_or_else(|e| cli::usage::exit_with(e));
     if let Err(e) = lbmesh::logging::init_from_env() {
         eprintln!("lbmesh: {e}");

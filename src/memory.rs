@@ -5,10 +5,19 @@
 //! of the whole registry and the config rendered from it, a listing of every
 //! frontend, a snapshot of the store: tens of megabytes each with 100,000
 //! servers) leave the process resident at its peak long after they are
-//! freed. Whoever finishes such work calls [`bulk_work_done`]; the task of
-//! [`release_when_asked`] then asks glibc to release its free pages
-//! (`malloc_trim`), at most once per interval and on a blocking thread,
-//! since the call walks every arena. Elsewhere than on glibc it does nothing.
+//! freed. Two things keep it near what it holds:
+//!
+//! - [`tune_allocator`] fixes the size above which a block gets its own
+//!   mapping (unmapped when freed) at 256 KiB. glibc otherwise raises that
+//!   threshold to the largest block freed so far (up to 32 MiB), after which
+//!   a multi-megabyte buffer (a config text, a listing's answer) lands in the
+//!   heap, between live data, and stays resident;
+//! - whoever finishes bulk work calls [`bulk_work_done`]; the task of
+//!   [`release_when_asked`] then asks glibc to release its free pages
+//!   (`malloc_trim`), at most once per interval and on a blocking thread,
+//!   since the call walks every arena.
+//!
+//! Elsewhere than on glibc both do nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,6 +47,22 @@ pub async fn release_when_asked(every: Duration, mut shutdown: watch::Receiver<b
         }
     }
 }
+
+/// Blocks of this size and more are mapped on their own.
+const MMAP_THRESHOLD: usize = 256 * 1024;
+
+/// Sets the allocator up for a long-running daemon; call once, first thing.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    // SAFETY: `mallopt` takes no pointer; it only sets a tunable, and glibc
+    // serialises it with every other allocator call.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
+    debug_assert_eq!(ok, 1, "glibc accepts a 256 KiB mmap threshold");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_allocator() {}
 
 /// Asks the allocator to return its free pages; whether it gave any back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -347,6 +347,29 @@ pub struct Registry {
     /// Per frontend port, its owner as last computed for a renewal; see
     /// [`OwnerMemo`].
     owners: BTreeMap<u16, OwnerMemo>,
+    /// Bumps whenever anything a [`Summary`] is computed from changes: an
+    /// entry, or the loop guard (the other policies are set at start).
+    state: u64,
+    /// The last summary computed; see [`SummaryMemo`].
+    summary: std::sync::Mutex<Option<SummaryMemo>>,
+}
+
+/// A [`Summary`] computed at `from_ms` from state `state`. Until the state
+/// changes, it holds for every instant before the first lease then live
+/// ends, `until_ms` (status and gossip ask for it often; with 100,000
+/// servers one costs tens of milliseconds).
+#[derive(Debug, Clone)]
+struct SummaryMemo {
+    state: u64,
+    from_ms: u64,
+    until_ms: Option<u64>,
+    summary: Summary,
+}
+
+impl SummaryMemo {
+    fn holds(&self, state: u64, now_ms: u64) -> bool {
+        self.state == state && self.from_ms <= now_ms && self.until_ms.is_none_or(|t| now_ms < t)
+    }
 }
 
 /// A frontend's owner as computed at `from_ms`. Until one of its keys changes
@@ -381,12 +404,15 @@ impl Registry {
             dirty: BTreeSet::new(),
             unsettled: BTreeMap::new(),
             owners: BTreeMap::new(),
+            state: 0,
+            summary: std::sync::Mutex::new(None),
         }
     }
 
     /// Sets which backend addresses the operator allows.
     pub fn with_backends(mut self, backends: BackendPolicy) -> Self {
         self.backends = backends;
+        self.state += 1;
         self
     }
 
@@ -410,6 +436,7 @@ impl Registry {
             return false;
         }
         self.guard = guard;
+        self.state += 1;
         self.generation += 1;
         self.config_generation += 1;
         true
@@ -818,6 +845,7 @@ impl Registry {
     /// Records `entry` as `peer`'s latest for `key` (or forgets it with `None`)
     /// and recomputes the winner. Used for own writes, restore and gossip.
     pub fn set_entry(&mut self, key: Key, peer: Origin, entry: Option<Entry>) {
+        self.state += 1;
         self.owners.remove(&key.frontend);
         let ke = self.keys.entry(key).or_default();
         let before = ke.winner().map(Entry::is_delete);
@@ -1135,17 +1163,38 @@ impl Registry {
     /// building it: status and gossip ask often, and a view of 10,000
     /// servers is a megabyte of short-lived allocations.
     pub fn summary(&self, now_ms: u64) -> Summary {
+        let mut memo = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = memo.as_ref().filter(|m| m.holds(self.state, now_ms)) {
+            return m.summary.clone();
+        }
+        let (summary, until_ms) = self.compute_summary(now_ms);
+        *memo = Some(SummaryMemo {
+            state: self.state,
+            from_ms: now_ms,
+            until_ms,
+            summary: summary.clone(),
+        });
+        summary
+    }
+
+    /// [`Registry::summary`] computed afresh, and the first lease end after
+    /// `now_ms` among live entries (when it may change next).
+    fn compute_summary(&self, now_ms: u64) -> (Summary, Option<u64>) {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         let mut sum = Summary::default();
         // Servers served per frontend, to see whether a bound leaves some out.
         let mut per_frontend: Vec<usize> = Vec::new();
         let mut live: Vec<(&SocketAddr, &ServiceName, bool, u64, u64)> = Vec::new();
+        let mut until_ms: Option<u64> = None;
         let live_frontends: std::collections::BTreeSet<u16> = self
             .keys
             .iter()
-            .filter(|(_, ke)| ke.winner().and_then(|e| e.live_until(now_ms)).is_some())
-            .map(|(k, _)| k.frontend)
+            .filter_map(|(k, ke)| {
+                let end = ke.winner()?.live_until(now_ms)?;
+                until_ms = Some(until_ms.map_or(end, |u| u.min(end)));
+                Some(k.frontend)
+            })
             .collect();
         let mut iter = self.keys.iter().peekable();
         while let Some((first, _)) = iter.peek() {
@@ -1198,16 +1247,17 @@ impl Registry {
             // Some are left out (rare: entries gossiped beyond this peer's
             // bounds); the view knows which.
             let v = self.view(now_ms);
-            return Summary {
+            let sum = Summary {
                 digest: v.digest(),
                 frontends: v.frontends.len(),
                 servers: v.server_count(),
                 conflicts: v.conflicts.len(),
                 refused: v.refused.len(),
             };
+            return (sum, until_ms);
         }
         sum.digest = view::short_digest(h);
-        sum
+        (sum, until_ms)
     }
 
     /// The registry as served at `now_ms`.
