@@ -14,9 +14,10 @@ Measured in one run, on loopback:
    lbmesh with its default caps and timeouts against lbmesh with them lifted
    by config (`[api]` caps at 1,000,000, timeouts of a day);
 3. latency at an offered rate (bench/renew_paced.lua: 16 connections, one
-   call each per 10 ms) for the ceiling and lbmesh with 1,000 servers, in
-   alternating rounds: the p99 a fleet sees, where wrk at full speed
-   measures the queue of a saturated server;
+   call each per 10 ms) for the same four servers (lbmesh with 1,000
+   servers), in alternating rounds: the p99 a fleet sees, where wrk at full
+   speed measures the queue of a saturated server, and the guards' cost on
+   it;
 4. fsync calls during pure renewals (strace -f on lbmesh while wrk runs),
    split between the request path and the store's background thread;
 5. with --perf, where lbmesh's time goes (perf record -g during wrk);
@@ -207,7 +208,7 @@ def paced(a, sides):
     servers renewing every 10 s) rather than at saturation: the ceiling and
     lbmesh (1,000 servers) in alternating rounds."""
     rows = []
-    order = ["ceiling", "lbmesh"]
+    order = ["ceiling", "ceiling-unguarded", "lbmesh", "lbmesh-lifted"]
     for r in range(a.rounds):
         res = {}
         for name in (order if r % 2 == 0 else order[::-1]):
@@ -222,7 +223,7 @@ def paced(a, sides):
 
 
 def paced_summary(rows):
-    for name in ("ceiling", "lbmesh"):
+    for name in ("ceiling", "ceiling-unguarded", "lbmesh", "lbmesh-lifted"):
         p99 = [r[name]["p99_ms"] for r in rows]
         rps = [r[name]["rps"] for r in rows]
         print(f" 1000 servers, paced (16 connections, one call each per {PACE_MS} ms), {name}: "
@@ -232,6 +233,14 @@ def paced_summary(rows):
     ratio = [r["lbmesh"]["p99_ms"] / r["ceiling"]["p99_ms"] for r in rows]
     print(f" 1000 servers, paced: lbmesh/ceiling p99 median {median(ratio):.2f} "
           f"(rounds {min(ratio):.2f}..{max(ratio):.2f})")
+    for guarded, bare in (("ceiling", "ceiling-unguarded"), ("lbmesh", "lbmesh-lifted")):
+        p50 = [r[guarded]["p50_ms"] / r[bare]["p50_ms"] for r in rows]
+        p99 = [r[guarded]["p99_ms"] / r[bare]["p99_ms"] for r in rows]
+        cpu = [r[guarded]["cpu_us"] - r[bare]["cpu_us"] for r in rows]
+        print(f"      guards, paced, {guarded} / {bare}: p50 median {median(p50):.3f} "
+              f"(rounds {min(p50):.3f}..{max(p50):.3f}), p99 median {median(p99):.3f} "
+              f"(rounds {min(p99):.3f}..{max(p99):.3f}), CPU/req difference median "
+              f"{median(cpu):+.2f} us")
 
 
 def summary(rows):
