@@ -154,6 +154,8 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
     let (health_tx, health_rx) = watch::channel(local_health::Score::default());
     let listener = tokio::spawn(adverts::listen(heard.clone(), shutdown.clone()));
     let measurer = tokio::spawn(local_health::measure(health_tx, shutdown.clone()));
+    let (problems_tx, problems_rx) = watch::channel(vec![NOT_PROBED.to_owned()]);
+    let prober = tokio::spawn(probe_health(src.api.clone(), problems_tx, shutdown.clone()));
     let mut planner = Planner::default();
     let mut written: Option<Vec<u8>> = None;
     let mut last_verify = tokio::time::Instant::now();
@@ -180,7 +182,7 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
                 authenticated: p.authenticated,
             })
             .collect();
-        let problems = crate::api::health_problems(&src.api).await;
+        let problems = problems_rx.borrow().clone();
         let score = *health_rx.borrow();
         let adverts: BTreeMap<_, _> = heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let drained = f.is_drained();
@@ -265,4 +267,32 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
     }
     let _ = listener.await;
     let _ = measurer.await;
+    let _ = prober.await;
+}
+
+/// What stands for the local health until its first probe has answered.
+const NOT_PROBED: &str = "this peer's health has not been probed yet";
+
+/// Probes this peer's health every [`TICK`] in a task of its own, so that a
+/// hung HAProxy (whose probe waits out its timeout) never holds up the
+/// decisions on claims and adverts; the failover loop reads the latest
+/// answer.
+async fn probe_health(
+    api: crate::api::ApiState,
+    out: watch::Sender<Vec<String>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = crate::shutdown::signalled(&mut shutdown) => return,
+        }
+        let problems = tokio::select! {
+            p = crate::api::health_problems(&api) => p,
+            () = crate::shutdown::signalled(&mut shutdown) => return,
+        };
+        out.send_replace(problems);
+    }
 }
