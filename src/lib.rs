@@ -1,5 +1,5 @@
 //! lbmesh: a mesh of redundant HAProxy load-balancer VMs fed by phone-home calls.
-// One call into the C allocator (`memory::release`) is the only unsafe code.
+// Two calls into the C allocator (`src/memory.rs`) are the only unsafe code.
 #![deny(unsafe_code)]
 
 pub mod api;
