@@ -154,7 +154,9 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
     let (health_tx, health_rx) = watch::channel(local_health::Score::default());
     let listener = tokio::spawn(adverts::listen(heard.clone(), shutdown.clone()));
     let measurer = tokio::spawn(local_health::measure(health_tx, shutdown.clone()));
-    let (problems_tx, problems_rx) = watch::channel(vec![NOT_PROBED.to_owned()]);
+    // The first answer before the first decision, as every later one.
+    let first = crate::api::health_problems(&src.api).await;
+    let (problems_tx, problems_rx) = watch::channel(first);
     let prober = tokio::spawn(probe_health(src.api.clone(), problems_tx, shutdown.clone()));
     let mut planner = Planner::default();
     let mut written: Option<Vec<u8>> = None;
@@ -182,6 +184,14 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
                 authenticated: p.authenticated,
             })
             .collect();
+        if problems_rx.has_changed().is_err() {
+            // The prober ended: only shutdown may end it, and deciding on
+            // its last answer for ever would be worse than stopping.
+            if *shutdown.borrow() {
+                break;
+            }
+            panic!("the failover health prober ended");
+        }
         let problems = problems_rx.borrow().clone();
         let score = *health_rx.borrow();
         let adverts: BTreeMap<_, _> = heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -269,9 +279,6 @@ pub async fn run(f: Failover, src: Sources, mut shutdown: watch::Receiver<bool>)
     let _ = measurer.await;
     let _ = prober.await;
 }
-
-/// What stands for the local health until its first probe has answered.
-const NOT_PROBED: &str = "this peer's health has not been probed yet";
 
 /// Probes this peer's health every [`TICK`] in a task of its own, so that a
 /// hung HAProxy (whose probe waits out its timeout) never holds up the

@@ -48,14 +48,18 @@ fn handed_out() -> std::sync::MutexGuard<'static, std::collections::HashSet<u16>
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// Binds `addr` (port 0: any port this process has not handed out yet).
+/// Binds `addr` (port 0: any port this process has not handed out yet,
+/// over TCP or UDP: lbmesh's loop guard counts its gossip port too).
 fn bind_unique(addr: SocketAddr) -> TcpListener {
+    // Ports turned down stay bound until one is found, so each try differs.
+    let mut turned_down = Vec::new();
     loop {
         let listener = TcpListener::bind(addr).unwrap();
         let port = listener.local_addr().unwrap().port();
         if addr.port() != 0 || handed_out().insert(port) {
             return listener;
         }
+        turned_down.push(listener);
     }
 }
 
@@ -70,11 +74,15 @@ pub fn free_port(ip: &str) -> u16 {
 
 /// A UDP port nobody uses right now (for gossip).
 pub fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let mut turned_down = Vec::new();
+    loop {
+        let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        if handed_out().insert(port) {
+            return port;
+        }
+        turned_down.push(socket);
+    }
 }
 
 /// Calls `f` every `every` until it returns `Ok`; after `within`, its last
