@@ -19,7 +19,11 @@ use std::time::Duration;
 
 use lbmesh::haproxy::render::{RenderSettings, render};
 use lbmesh::mesh::codec::{encode_key, encode_value};
-use lbmesh::registry::{Command, Key, Limits, PortPolicy, Registry};
+
+#[path = "fixture/mod.rs"]
+mod fixture;
+
+use fixture::NOW_MS;
 
 struct Counting;
 
@@ -44,8 +48,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const NOW_MS: u64 = 1_700_000_000_000;
-
 /// Runs `f`; prints the bytes it left allocated and its peak above the start.
 fn measure<T>(what: &str, servers: usize, f: impl FnOnce() -> T) -> T {
     let before = LIVE.load(Ordering::Relaxed);
@@ -62,50 +64,18 @@ fn measure<T>(what: &str, servers: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Frontend f is port 10000+f owned by "svc<port>"; its server s is
-/// 10.<77 + f / 256>.<f % 256>.<s + 1>:30443 (as in the render benchmark).
-fn command(f: usize, s: usize) -> Command {
-    let frontend = 10_000 + f as u16;
-    Command::Register {
-        key: Key {
-            frontend,
-            server: format!("10.{}.{}.{}:30443", 77 + f / 256, f % 256, s + 1)
-                .parse()
-                .unwrap(),
-        },
-        name: format!("svc{frontend}").parse().unwrap(),
-        send_proxy: false,
-        ttl: None,
-    }
-}
-
 fn main() {
     let servers: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let per_frontend = 20;
-    let frontends = servers.div_ceil(per_frontend);
+    let per_frontend: u16 = 20;
+    let frontends = servers.div_ceil(usize::from(per_frontend));
     println!("{servers} servers on {frontends} frontends");
 
     let registry = measure("registry", servers, || {
-        let mut r = Registry::new(
-            "lb1".parse().unwrap(),
-            Limits {
-                max_servers: servers * 2,
-                max_frontends: frontends * 2,
-                ..Limits::default()
-            },
-            PortPolicy::new(vec![], []),
-        );
-        for s in 0..per_frontend {
-            for f in 0..frontends {
-                r.apply(command(f, s), NOW_MS).unwrap();
-            }
-            // As the daemon does once each group of writes is on disk.
-            r.settle();
-        }
-        r
+        let frontends = u16::try_from(frontends).expect("at most 65,535 frontends of 20");
+        fixture::registry(frontends, per_frontend)
     });
 
     let gossip = measure("gossip state", servers, || {

@@ -25,45 +25,11 @@ use std::time::Instant;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lbmesh::haproxy::plan::{Install, Observed, Outcome, PlanSettings, Planner, Step};
 use lbmesh::haproxy::render::{RenderSettings, render, write_config};
-use lbmesh::registry::{Command, Key, Limits, PortPolicy, Registry};
 
-const NOW_MS: u64 = 1_700_000_000_000;
+#[path = "fixture/mod.rs"]
+mod fixture;
 
-/// Frontend f is port 10000+f owned by "svc<port>"; its server s is
-/// 10.<77 + f / 256>.<f % 256>.<s + 1>:30443 (bench/lbclient.py's scheme
-/// in 10.0.0.0/8, which the default backend policy allows).
-fn registry(frontends: u16, servers_per_frontend: u16) -> Registry {
-    let mut registry = Registry::new(
-        "lb1".parse().unwrap(),
-        Limits {
-            max_servers: 200_000,
-            max_frontends: 10_000,
-            ..Limits::default()
-        },
-        PortPolicy::new(vec![], []),
-    );
-    for s in 0..servers_per_frontend {
-        for f in 0..frontends {
-            registry.apply(server(f, s), NOW_MS).unwrap();
-        }
-    }
-    registry
-}
-
-fn server(f: u16, s: u16) -> Command {
-    let frontend = 10_000 + f;
-    Command::Register {
-        key: Key {
-            frontend,
-            server: format!("10.{}.{}.{}:30443", 77 + f / 256, f % 256, s + 1)
-                .parse()
-                .unwrap(),
-        },
-        name: format!("svc{frontend}").parse().unwrap(),
-        send_proxy: false,
-        ttl: None,
-    }
-}
+use fixture::{NOW_MS, registry, server};
 
 fn bench_size(c: &mut Criterion, name: &str, frontends: u16, servers: u16, samples: usize) {
     let mut registry = registry(frontends, servers);

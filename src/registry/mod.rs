@@ -382,6 +382,25 @@ struct OwnerMemo {
     until_ms: u64,
 }
 
+/// How `origin`'s entry serves its server: an add, as the view shows it.
+fn server_view(origin: &Origin, e: &Entry) -> Option<ServerView> {
+    match &e.op {
+        Op::Add {
+            send_proxy,
+            since_ms,
+            expires_ms,
+            ..
+        } => Some(ServerView {
+            send_proxy: *send_proxy,
+            since_ms: *since_ms,
+            expires_ms: *expires_ms,
+            origin: origin.clone(),
+            stamp: e.stamp,
+        }),
+        Op::Delete { .. } => None,
+    }
+}
+
 impl Registry {
     pub fn new(origin: Origin, limits: Limits, policy: PortPolicy) -> Self {
         Self {
@@ -1325,13 +1344,7 @@ impl Registry {
         }
         let over = bounds::leave_out(&self.limits, &pools);
         for (k, p, e) in live {
-            let Op::Add {
-                name,
-                send_proxy,
-                since_ms,
-                expires_ms,
-            } = &e.op
-            else {
+            let Op::Add { name, .. } = &e.op else {
                 continue;
             };
             let owner = &owners[&k.frontend].1;
@@ -1364,16 +1377,7 @@ impl Registry {
                     servers: BTreeMap::new(),
                 })
                 .servers
-                .insert(
-                    k.server,
-                    ServerView {
-                        send_proxy: *send_proxy,
-                        since_ms: *since_ms,
-                        expires_ms: *expires_ms,
-                        origin: p.clone(),
-                        stamp: e.stamp,
-                    },
-                );
+                .extend(server_view(p, e).map(|s| (k.server, s)));
         }
         RegistryView {
             generation: self.generation,
@@ -1420,24 +1424,8 @@ impl Registry {
             .clone();
         let servers = live
             .into_iter()
-            .filter_map(|(k, p, e)| match &e.op {
-                Op::Add {
-                    name,
-                    send_proxy,
-                    since_ms,
-                    expires_ms,
-                } if *name == owner => Some((
-                    k.server,
-                    ServerView {
-                        send_proxy: *send_proxy,
-                        since_ms: *since_ms,
-                        expires_ms: *expires_ms,
-                        origin: p.clone(),
-                        stamp: e.stamp,
-                    },
-                )),
-                _ => None,
-            })
+            .filter(|(_, _, e)| *e.name() == owner)
+            .filter_map(|(k, p, e)| server_view(p, e).map(|s| (k.server, s)))
             .collect();
         Some(FrontendView {
             port,
