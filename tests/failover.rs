@@ -27,6 +27,23 @@ fn failover_of(lab: &Lab, i: usize) -> serde_json::Value {
     lab.api_get(i, "/v1/status").1["vrrp"]["failover"].clone()
 }
 
+/// Lets VRRP through again on every VM and waits until every peer may hold
+/// the VIP.
+fn vrrp_comes_back(lab: &Lab) {
+    for i in 0..3 {
+        lab.unblock(i, "lmvrrp");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every peer may hold the VIP again",
+        || {
+            (0..3)
+                .all(|i| failover_of(lab, i)["may_hold"] == true)
+                .then_some(())
+        },
+    );
+}
+
 #[test]
 fn hard_crashes_of_the_holder_move_traffic_fast() {
     let (mut lab, _) = serving_lab();
@@ -131,18 +148,7 @@ fn a_split_brain_heals_within_a_second_and_a_gossip_cut_moves_nothing() {
     assert!(lab.log(stepped[0]).contains("split brain"));
 
     // VRRP comes back: the peers that stepped down rejoin as backups.
-    for i in 0..3 {
-        lab.unblock(i, "lmvrrp");
-    }
-    eventually(
-        Duration::from_secs(10),
-        "every peer may hold the VIP again",
-        || {
-            (0..3)
-                .all(|i| failover_of(&lab, i)["may_hold"] == true)
-                .then_some(())
-        },
-    );
+    vrrp_comes_back(&lab);
     assert_eq!(lab.wait_vip_holder(Duration::from_secs(1)), new_holder);
 
     // The other way round: gossip cut, VRRP flows. Nothing moves.
@@ -190,18 +196,7 @@ fn a_split_brain_heals_within_a_second_and_a_gossip_cut_moves_nothing() {
         "two VMs answered for the VIP {:.3} s after gossip came back",
         one_at - back
     );
-    for i in 0..3 {
-        lab.unblock(i, "lmvrrp");
-    }
-    eventually(
-        Duration::from_secs(10),
-        "every peer may hold the VIP again",
-        || {
-            (0..3)
-                .all(|i| failover_of(&lab, i)["may_hold"] == true)
-                .then_some(())
-        },
-    );
+    vrrp_comes_back(&lab);
     let _ = holder;
 }
 

@@ -17,10 +17,7 @@ use chitchat::{
     spawn_chitchat,
 };
 use common::*;
-use lbmesh::clock::Stamp;
-use lbmesh::mesh::codec::{encode_key, encode_value};
 use lbmesh::mesh::quic::QuicTransport;
-use lbmesh::registry::{Entry, Key, Op};
 use lbmesh::tls::{PeerTls, PeerTlsFiles};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -29,29 +26,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// The gossip key and value of a server the rogue wants to sneak in.
-fn rogue_entry(frontend: u16) -> (String, String) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let key = Key {
-        frontend,
-        server: "127.0.0.1:30999".parse().unwrap(),
-    };
-    let entry = Entry {
-        stamp: Stamp::from_wall_ms(now),
-        observed: Stamp::default(),
-        op: Op::Add {
-            name: "rogue".parse().unwrap(),
-            send_proxy: false,
-            since_ms: now,
-            expires_ms: now + 3_600_000,
-        },
-    };
-    (encode_key(&key), encode_value(&entry))
 }
 
 /// A chitchat peer in this process, gossiping with `victim` as `node_id`.

@@ -15,42 +15,12 @@ use chitchat::{
     ChitchatId, ChitchatMessage, DeletionStatus, DeltaSerializer, Digest, VersionedValue,
 };
 use common::*;
-use lbmesh::clock::Stamp;
-use lbmesh::mesh::codec::{encode_key, encode_value};
 use lbmesh::mesh::quic::QuicTransport;
 use lbmesh::mesh::trust::MAX_UNVERIFIED;
-use lbmesh::registry::{Entry, Key, Op};
 use lbmesh::tls::{PeerTls, PeerTlsFiles};
 use serde_json::Value;
 
 const GHOSTS: usize = MAX_UNVERIFIED + 20;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// The gossip key and value of a server on `frontend`.
-fn entry(frontend: u16) -> (String, String) {
-    let now = now_ms();
-    let key = Key {
-        frontend,
-        server: "127.0.0.1:30999".parse().unwrap(),
-    };
-    let entry = Entry {
-        stamp: Stamp::from_wall_ms(now),
-        observed: Stamp::default(),
-        op: Op::Add {
-            name: "rogue".parse().unwrap(),
-            send_proxy: false,
-            since_ms: now,
-            expires_ms: now + 3_600_000,
-        },
-    };
-    (encode_key(&key), encode_value(&entry))
-}
 
 /// What the rogue says about one node: its heartbeat and key-values.
 struct About {
@@ -208,8 +178,8 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
     let mut socket = rt.block_on(transport.open(rogue_addr)).unwrap();
 
     // (a) Invented node ids at unused addresses, each with a server.
-    let (own_key, own_value) = entry(own_port);
-    let (ghost_key, ghost_value) = entry(ghost_port);
+    let (own_key, own_value) = rogue_entry(own_port);
+    let (ghost_key, ghost_value) = rogue_entry(ghost_port);
     rt.block_on(say(
         &mut socket,
         victim.gossip,

@@ -862,3 +862,35 @@ impl Mesh {
         );
     }
 }
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The gossip key and value a rogue peer publishes to sneak a server in: an
+/// hour's lease of 127.0.0.1:30999 on `frontend`, named "rogue".
+pub fn rogue_entry(frontend: u16) -> (String, String) {
+    use lbmesh::clock::Stamp;
+    use lbmesh::mesh::codec::{encode_key, encode_value};
+    use lbmesh::registry::{Entry, Key, Op};
+    let now = now_ms();
+    let key = Key {
+        frontend,
+        server: "127.0.0.1:30999".parse().unwrap(),
+    };
+    let entry = Entry {
+        stamp: Stamp::from_wall_ms(now),
+        observed: Stamp::default(),
+        op: Op::Add {
+            name: "rogue".parse().unwrap(),
+            send_proxy: false,
+            since_ms: now,
+            expires_ms: now + 3_600_000,
+        },
+    };
+    (encode_key(&key), encode_value(&entry))
+}
