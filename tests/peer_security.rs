@@ -54,15 +54,6 @@ async fn rogue_peer(
         .unwrap()
 }
 
-fn frontends(d: &Daemon) -> Vec<u64> {
-    d.get("/v1/frontends").1["frontends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["port"].as_u64().unwrap())
-        .collect()
-}
-
 fn peer_ids(d: &Daemon) -> Vec<String> {
     d.status()["peers"]
         .as_array()
@@ -88,12 +79,16 @@ fn a_rogue_speaking_plain_chitchat_udp_changes_nothing() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         // Control: the same rogue gets into a peer that runs plain UDP.
         assert!(
-            frontends(&udp).contains(&(port as u64)),
+            udp.frontend_ports().contains(&(port as u64)),
             "control: the rogue's entry should reach a UDP peer"
         );
         assert!(peer_ids(&udp).contains(&"rogue".to_string()));
         // The QUIC peer saw nothing.
-        assert!(frontends(&quic).is_empty(), "{:?}", frontends(&quic));
+        assert!(
+            quic.frontend_ports().is_empty(),
+            "{:?}",
+            quic.frontend_ports()
+        );
         assert_eq!(peer_ids(&quic), vec!["lb1".to_string()]);
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
@@ -205,7 +200,7 @@ fn quic_clients_without_a_valid_cluster_certificate_are_refused_and_logged() {
             },
         );
     }
-    assert!(frontends(&victim).is_empty());
+    assert!(victim.frontend_ports().is_empty());
     assert_eq!(peer_ids(&victim), vec!["lb1".to_string()]);
     // Counted by reason: two certificates of an unknown CA, one expired.
     let metrics = victim.metrics();
@@ -280,7 +275,7 @@ fn a_certificate_for_another_node_is_refused() {
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
-            !frontends(&victim).contains(&(p_bad as u64)),
+            !victim.frontend_ports().contains(&(p_bad as u64)),
             "an entry from the liar was merged"
         );
         assert!(!peer_ids(&victim).contains(&"lb9".to_string()));
@@ -295,7 +290,7 @@ fn a_certificate_for_another_node_is_refused() {
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
-            frontends(&victim).contains(&(p_good as u64)),
+            victim.frontend_ports().contains(&(p_good as u64)),
             "control: lb2 as itself should be merged"
         );
         assert!(peer_ids(&victim).contains(&"lb2".to_string()));
@@ -531,13 +526,13 @@ fn tampered_and_replayed_packets_change_nothing() {
     eventually(
         Duration::from_secs(15),
         "the add to reach peer 2 through the meddler",
-        || frontends(&p2).contains(&(port as u64)).then_some(()),
+        || p2.frontend_ports().contains(&(port as u64)).then_some(()),
     );
     p1.delete("traefik", port, backend.addr);
     eventually(
         Duration::from_secs(15),
         "the delete to reach peer 2",
-        || (!frontends(&p2).contains(&(port as u64))).then_some(()),
+        || (!p2.frontend_ports().contains(&(port as u64))).then_some(()),
     );
     assert!(
         meddler.replayed.load(Ordering::Relaxed) > 0
@@ -548,7 +543,7 @@ fn tampered_and_replayed_packets_change_nothing() {
     assert!(meddler.replay_all() > 0);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        !frontends(&p2).contains(&(port as u64)),
+        !p2.frontend_ports().contains(&(port as u64)),
         "a replayed add resurrected the server"
     );
     assert_eq!(p2.status()["registry"]["digest"], digest);

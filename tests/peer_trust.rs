@@ -69,15 +69,6 @@ async fn say(
     }
 }
 
-fn frontends(d: &Daemon) -> Vec<u64> {
-    d.get("/v1/frontends").1["frontends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["port"].as_u64().unwrap())
-        .collect()
-}
-
 fn peer_ids(s: &Value) -> Vec<String> {
     s["peers"]
         .as_array()
@@ -199,12 +190,12 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
     ));
     // Control: what lb3 says about itself is served.
     wait_for(Duration::from_secs(10), "lb3's own server", victim, || {
-        frontends(victim).contains(&(own_port as u64))
+        victim.frontend_ports().contains(&(own_port as u64))
     });
     let s = victim.status();
     assert!(peer_ids(&s).contains(&"lb3".to_owned()), "{s}");
     assert!(
-        !frontends(victim).contains(&(ghost_port as u64)),
+        !victim.frontend_ports().contains(&(ghost_port as u64)),
         "a server of an invented node is served"
     );
     assert!(
@@ -224,7 +215,7 @@ fn a_stolen_certificate_speaks_only_for_its_own_node() {
     );
     assert!(metric(victim, "lbmesh_unverified_gossip_dropped").unwrap() > 0.0);
     // lb2 did not take them either.
-    assert!(!frontends(lb2).contains(&(ghost_port as u64)));
+    assert!(!lb2.frontend_ports().contains(&(ghost_port as u64)));
 
     // (b) A forged claim relayed for lb2 (connected): "MASTER, newer than
     // lb1", at a version far beyond lb2's own. The holder keeps the VIP.

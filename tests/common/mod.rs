@@ -300,6 +300,16 @@ pub fn fast_toml(registry: &str, haproxy: &str) -> String {
 }
 
 impl Daemon {
+    /// The ports of the frontends this peer serves (`GET /v1/frontends`).
+    pub fn frontend_ports(&self) -> Vec<u64> {
+        self.get("/v1/frontends").1["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["port"].as_u64().unwrap())
+            .collect()
+    }
+
     /// Starts a daemon and waits until it is healthy.
     pub fn start(opts: DaemonOpts) -> Daemon {
         let d = Self::launch(opts);
