@@ -2,15 +2,14 @@
 //!
 //! glibc's allocator returns freed memory to the system only from the top of
 //! each heap, so the large short-lived structures the daemon builds (a view
-//! of the whole registry and the config rendered from it, a listing of every
-//! frontend, a snapshot of the store: tens of megabytes each with 100,000
-//! servers) leave the process resident at its peak long after they are
-//! freed. Two things keep it near what it holds:
+//! of the whole registry and the config rendered from it, a snapshot of the
+//! store: tens of megabytes each with 100,000 servers) leave the process
+//! resident at its peak long after they are freed. Two things keep it near what it holds:
 //!
 //! - [`tune_allocator`] fixes the size above which a block gets its own
 //!   mapping (unmapped when freed) at 256 KiB. glibc otherwise raises that
 //!   threshold to the largest block freed so far (up to 32 MiB), after which
-//!   a multi-megabyte buffer (a config text, a listing's answer) lands in the
+//!   a multi-megabyte buffer (a config text, a store snapshot) lands in the
 //!   heap, between live data, and stays resident;
 //! - whoever finishes bulk work calls [`bulk_work_done`]; the task of
 //!   [`release_when_asked`] then asks glibc to release its free pages

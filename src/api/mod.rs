@@ -13,6 +13,7 @@ pub mod guard;
 mod health;
 mod hook;
 pub mod input;
+mod listing;
 mod page;
 mod server;
 mod status;

@@ -14,11 +14,9 @@ use super::ApiState;
 use super::auth::authorize;
 use super::error::ApiError;
 use super::extract::ApiPath;
-use crate::haproxy::apply::ApplyStatus;
 use crate::haproxy::stats::{Health, ServerHealth};
 use crate::registry::types::parse_port;
-use crate::registry::view::ConflictView;
-use crate::registry::{FrontendView, Origin, RegistryView, ServiceName};
+use crate::registry::{FrontendView, Origin, ServiceName};
 
 /// One server as the API shows it. Borrows the view and formats while it
 /// is written: a list of 100,000 servers costs the bytes of the answer,
@@ -76,12 +74,14 @@ impl Serialize for ServersOut<'_> {
     }
 }
 
-fn frontend_out<'a>(
+/// One frontend as the API shows it; `quarantined` is what the applier
+/// leaves out.
+pub(super) fn frontend_out<'a>(
     f: &'a FrontendView,
     now: u64,
-    apply: &'a ApplyStatus,
+    quarantined: &'a BTreeMap<u16, String>,
     health: &'a ServerHealth,
-) -> FrontendOut<'a> {
+) -> impl Serialize + 'a {
     FrontendOut {
         port: f.port,
         owner: &f.owner,
@@ -90,35 +90,8 @@ fn frontend_out<'a>(
             now,
             health: health.frontends.get(&f.port),
         },
-        quarantined: apply.quarantined.get(&f.port),
+        quarantined: quarantined.get(&f.port),
     }
-}
-
-/// Every frontend, written one by one.
-struct FrontendsOut<'a> {
-    view: &'a RegistryView,
-    now: u64,
-    apply: &'a ApplyStatus,
-    health: &'a ServerHealth,
-}
-
-impl Serialize for FrontendsOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.view
-                .frontends
-                .values()
-                .map(|f| frontend_out(f, self.now, self.apply, self.health)),
-        )
-    }
-}
-
-#[derive(Serialize)]
-struct ListOut<'a> {
-    changes: u64,
-    digest: String,
-    frontends: FrontendsOut<'a>,
-    conflicts: &'a [ConflictView],
 }
 
 pub(super) async fn list_frontends(
@@ -130,24 +103,7 @@ pub(super) async fn list_frontends(
         return e.into_response();
     }
     st.metrics.request("v1_list", "ok");
-    let now = st.registry.now_ms();
-    let view: RegistryView = st.registry.view();
-    let apply = st.apply.borrow().clone();
-    let health = st.health.borrow().clone();
-    let response = Json(ListOut {
-        changes: view.generation,
-        digest: view.digest(),
-        frontends: FrontendsOut {
-            view: &view,
-            now,
-            apply: &apply,
-            health: &health,
-        },
-        conflicts: &view.conflicts,
-    })
-    .into_response();
-    crate::memory::bulk_work_done();
-    response
+    super::listing::response(st)
 }
 
 pub(super) async fn get_frontend(
@@ -164,9 +120,15 @@ pub(super) async fn get_frontend(
     let Some(f) = st.registry.frontend_view(port) else {
         return ApiError::NotFound(format!("no frontend on port {port}")).into_response();
     };
-    let apply = st.apply.borrow().clone();
+    let quarantined = st.apply.borrow().quarantined.clone();
     let health = st.health.borrow().clone();
-    Json(frontend_out(&f, st.registry.now_ms(), &apply, &health)).into_response()
+    Json(frontend_out(
+        &f,
+        st.registry.now_ms(),
+        &quarantined,
+        &health,
+    ))
+    .into_response()
 }
 
 /// The address the caller connects from: lets a phone-home client learn its

@@ -4,6 +4,7 @@
 pub mod backend_policy;
 pub mod bounds;
 pub mod entry;
+mod listing;
 pub mod own;
 pub mod policy;
 pub mod types;
@@ -18,6 +19,7 @@ use serde::Serialize;
 pub use backend_policy::{AddressRefusal, BackendPolicy, LoopGuard};
 pub use bounds::OverBound;
 pub use entry::{Entry, Op};
+pub use listing::FrontendRun;
 pub use own::Durability;
 pub use policy::{PolicyError, PortPolicy, PortRange};
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
@@ -1387,51 +1389,6 @@ impl Registry {
             refused,
             next_expiry_ms,
         }
-    }
-
-    /// The frontend on `port` as [`Registry::view`] serves it at `now_ms`,
-    /// reading only that frontend's keys while the size bounds hold for
-    /// every add (then they leave nothing out, and the view of one frontend
-    /// depends on the others only through which ports are live).
-    pub fn frontend_view(&self, port: u16, now_ms: u64) -> Option<FrontendView> {
-        if !bounds::fits(&self.limits, self.adds_per_frontend.values().copied()) {
-            return self.view(now_ms).frontends.remove(&port);
-        }
-        let lo = Key {
-            frontend: port,
-            server: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let live: Vec<(&Key, &Origin, &Entry)> = self
-            .keys
-            .range(lo..)
-            .take_while(|(k, _)| k.frontend == port)
-            .filter_map(|(k, ke)| {
-                let p = ke.winner.as_ref()?;
-                let e = &ke.by_peer[p];
-                e.live_until(now_ms)?;
-                Some((k, p, e))
-            })
-            .filter(|(k, _, _)| self.admit(k, |p| self.is_live_frontend(p, now_ms)).is_ok())
-            .collect();
-        let owner = live
-            .iter()
-            .filter_map(|(_, _, e)| match &e.op {
-                Op::Add { name, since_ms, .. } => Some((*since_ms, name)),
-                Op::Delete { .. } => None,
-            })
-            .min()?
-            .1
-            .clone();
-        let servers = live
-            .into_iter()
-            .filter(|(_, _, e)| *e.name() == owner)
-            .filter_map(|(k, p, e)| server_view(p, e).map(|s| (k.server, s)))
-            .collect();
-        Some(FrontendView {
-            port,
-            owner,
-            servers,
-        })
     }
 
     /// Checks the bookkeeping against a recount; for tests and simulations.

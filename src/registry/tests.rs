@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use super::view::ConflictView;
 use super::*;
 
 const T0: u64 = 1_700_000_000_000;
@@ -317,6 +318,30 @@ fn a_gossiped_renewal_changes_the_registry_but_not_the_config() {
     );
 }
 
+/// What a listing read in runs of about `max_keys` keys shows: frontends
+/// and conflicts.
+fn listing(r: &Registry, max_keys: usize, now: u64) -> (Vec<FrontendView>, Vec<ConflictView>) {
+    let (mut frontends, mut conflicts) = (Vec::new(), Vec::new());
+    let mut from = Some(0);
+    let mut runs = 0;
+    while let Some(port) = from {
+        let run = r.frontends_from(port, max_keys, now);
+        assert_eq!(run.generation, r.generation());
+        assert!(run.next.is_none_or(|next| next > port), "runs move forward");
+        frontends.extend(run.frontends);
+        conflicts.extend(run.conflicts);
+        from = run.next;
+        runs += 1;
+        assert!(runs <= 70_000, "the listing ends");
+    }
+    (frontends, conflicts)
+}
+
+/// The same from the whole view.
+fn whole_listing(v: &RegistryView) -> (Vec<FrontendView>, Vec<ConflictView>) {
+    (v.frontends.values().cloned().collect(), v.conflicts.clone())
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Add(u8, u8, u8, u32),
@@ -367,6 +392,9 @@ proptest! {
             prop_assert_eq!(s.refused, v.refused.len());
             for port in 1000..1006 {
                 prop_assert_eq!(r.frontend_view(port, now), v.frontends.get(&port).cloned());
+            }
+            for max_keys in [0, 1, 3, 1000] {
+                prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
@@ -669,6 +697,9 @@ proptest! {
             prop_assert_eq!(s.refused, v.refused.len(), "status lists what the view leaves out");
             for port in 1000..1006 {
                 prop_assert_eq!(r.frontend_view(port, now), v.frontends.get(&port).cloned());
+            }
+            for max_keys in [1, 1000] {
+                prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);

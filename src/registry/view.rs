@@ -75,12 +75,20 @@ impl RegistryView {
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         for f in self.frontends.values() {
-            hash_frontend(&mut h, f.port, &f.owner);
-            for (addr, s) in &f.servers {
-                hash_server(&mut h, addr, s.send_proxy, s.expires_ms);
-            }
+            f.add_to_digest(&mut h);
         }
         short_digest(h)
+    }
+}
+
+impl FrontendView {
+    /// Adds this frontend to a registry digest: hashing the frontends in
+    /// port order gives [`RegistryView::digest`].
+    pub fn add_to_digest(&self, h: &mut Sha256) {
+        hash_frontend(h, self.port, &self.owner);
+        for (addr, s) in &self.servers {
+            hash_server(h, addr, s.send_proxy, s.expires_ms);
+        }
     }
 }
 

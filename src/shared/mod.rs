@@ -17,7 +17,9 @@ pub use replication::{AckMode, AckPolicy, Confirmed, Gossiped, Published, Replic
 
 use crate::clock::Clock;
 use crate::events::Events;
-use crate::registry::{Change, Command, Entry, Key, Origin, Registry, RegistryError, RegistryView};
+use crate::registry::{
+    Change, Command, Entry, FrontendRun, Key, Origin, Registry, RegistryError, RegistryView,
+};
 use crate::store::{Pending, Record, Store, StoreError};
 use committer::Write;
 
@@ -274,6 +276,13 @@ impl SharedRegistry {
     pub fn frontend_view(&self, port: u16) -> Option<crate::registry::view::FrontendView> {
         let now = self.clock.now_ms();
         self.lock().frontend_view(port, now)
+    }
+
+    /// A run of served frontends from port `from` on, as served at `now_ms`:
+    /// the registry is locked for about `max_keys` keys' worth of reading
+    /// (see [`Registry::frontends_from`]).
+    pub fn frontends_from(&self, from: u16, max_keys: usize, now_ms: u64) -> FrontendRun {
+        self.lock().frontends_from(from, max_keys, now_ms)
     }
 
     /// Runs `f` with the registry locked; keep it short.

@@ -657,10 +657,38 @@ pub fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Chunked bodies are not used by lbmesh for these endpoints, but be lenient.
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match split {
+        Some(i) => (String::from_utf8_lossy(&resp[..i]), &resp[i + 4..]),
+        None => (text, &resp[resp.len()..]),
+    };
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body).expect("a well-formed chunked body")
+    } else {
+        body.to_vec()
+    };
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (code, json)
+}
+
+/// The payload of an HTTP/1.1 chunked body (a large `/v1/frontends` is
+/// streamed); `None` if it is cut short or malformed.
+pub fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&body[..eol]).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        let rest = &body[eol + 2..];
+        out.extend_from_slice(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 /// HTTPS through curl (certificate checks off: tests pin certificates
