@@ -15,17 +15,14 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt as _, stream};
 use sha2::Sha256;
 
 use super::ApiState;
 use super::v1_read::frontend_out;
 use crate::haproxy::stats::ServerHealth;
-use crate::registry::FrontendRun;
 use crate::registry::view::{ConflictView, short_digest};
-
-/// Keys read per hold of the registry lock: about a quarter of a
-/// millisecond of work at 100,000 servers.
-const RUN_KEYS: usize = 256;
+use crate::registry::{FrontendRun, LISTING_RUN_KEYS};
 
 /// Bytes gathered (over several runs) before a piece of the answer is
 /// handed to the connection.
@@ -52,8 +49,16 @@ pub(super) fn response(st: Arc<ApiState>) -> Response {
         // A listing of one piece goes out whole, with its length.
         Some(Ok(whole)) if pieces.done => (json, whole).into_response(),
         first => {
-            let rest = first.into_iter().chain(pieces);
-            (json, Body::from_stream(futures_util::stream::iter(rest))).into_response()
+            let rest = stream::unfold(pieces, |mut pieces| async move {
+                // A piece is a fraction of a millisecond of work; yielding
+                // between pieces lets the other connections of this worker
+                // thread (a renewal) in, where the socket's budget alone
+                // would let the listing run for many pieces at a time.
+                tokio::task::yield_now().await;
+                Some((pieces.next()?, pieces))
+            });
+            let body = stream::iter(first).chain(rest);
+            (json, Body::from_stream(body)).into_response()
         }
     }
 }
@@ -80,10 +85,10 @@ impl Iterator for Pieces {
         while out.len() < PIECE_BYTES {
             let written = match self.next {
                 Some(from) => {
-                    let run = self
-                        .st
-                        .registry
-                        .frontends_from(from, RUN_KEYS, self.writer.now);
+                    let run =
+                        self.st
+                            .registry
+                            .frontends_from(from, LISTING_RUN_KEYS, self.writer.now);
                     self.next = run.next;
                     self.writer.run(&mut out, run)
                 }
@@ -175,7 +180,7 @@ mod tests {
         let mut out = Vec::new();
         let (mut from, mut runs) = (Some(0), 0);
         while let Some(port) = from {
-            let run = r.frontends_from(port, RUN_KEYS, now);
+            let run = r.frontends_from(port, LISTING_RUN_KEYS, now);
             from = run.next;
             runs += 1;
             w.run(&mut out, run).unwrap();

@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use backend_policy::{AddressRefusal, BackendPolicy, LoopGuard};
 pub use bounds::OverBound;
 pub use entry::{Entry, Op};
-pub use listing::FrontendRun;
+pub use listing::{FrontendRun, LISTING_RUN_KEYS};
 pub use own::Durability;
 pub use policy::{PolicyError, PortPolicy, PortRange};
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
