@@ -13,6 +13,9 @@ At each size, on loopback, with the release binary:
   bulk work freed to the system within 5 s);
 * `GET /v1/status`, `GET /v1/frontends` and `GET /v1/frontends/PORT`
   latency (sequential requests);
+* renewals of one server, 500/s on one keep-alive connection, for 10 s
+  alone and 10 s while another process loops on `GET /v1/frontends` with
+  curl (latency from when each renewal was due: p50, p99, p99.9, max);
 * applies timed with `?wait=applied`: a server added to an existing
   frontend (Runtime API, 5 times) and a new frontend (a reload);
 * `haproxy -c` of the config on disk (best of 3);
@@ -35,6 +38,7 @@ Prints one line per measurement and a JSON summary at the end.
 
 import argparse
 import asyncio
+from http.client import HTTPConnection
 import json
 import resource
 import os
@@ -213,6 +217,60 @@ def latency(url, n):
             "max_ms": times[-1], "bytes": size, "n": n}
 
 
+# Run in a process of its own: reads `GET /v1/frontends` whole with curl
+# (whose chunked decoding costs little CPU, unlike Python's), again and
+# again, until the given time; prints how many.
+LISTING_LOOP = r"""
+import subprocess, sys, time
+url, token, until = sys.argv[1], sys.argv[2], float(sys.argv[3])
+n = 0
+while time.time() < until:
+    subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"X-Funkypenguin-Token: {token}", url],
+                   check=True)
+    n += 1
+print(n)
+"""
+
+
+def paced_renewals(peer, body, seconds, rate):
+    """Renews one registered server on one keep-alive connection, one renewal
+    every 1/rate s, for `seconds`. A renewal's latency runs from when it was
+    due, not when it was sent: when one is held up, those due meanwhile
+    count the wait too (as a client renewing at that rate sees it)."""
+    c = HTTPConnection(peer.ip, peer.api, timeout=60)
+    data = json.dumps(body).encode()
+    headers = {"X-Funkypenguin-Token": TOKEN, "Content-Type": "application/json"}
+    times, start = [], time.perf_counter()
+    for i in range(int(seconds * rate)):
+        due = start + i / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        c.request("POST", "/hooks/update-haproxy", data, headers)
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"renewal refused: {r.status}")
+        times.append((time.perf_counter() - due) * 1000)
+    c.close()
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": times[-1],
+            "over_10ms": sum(t > 10 for t in times), "n": len(times)}
+
+
+def renewals_under_listing(peer, body, seconds=10, rate=500):
+    """Renewals (paced_renewals) alone, then while another process loops on
+    `GET /v1/frontends`; the listings it completed meanwhile."""
+    alone = paced_renewals(peer, body, seconds, rate)
+    loop = subprocess.Popen([sys.executable, "-c", LISTING_LOOP, peer.url("/v1/frontends"), TOKEN,
+                             str(time.time() + seconds + 0.5)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    listing = paced_renewals(peer, body, seconds, rate)
+    listings = int(loop.communicate(timeout=300)[0].strip() or 0)
+    return alone, listing, listings
+
+
 def wait_applied(peer, body):
     c = socket.create_connection((peer.ip, peer.api))
     data = json.dumps(body).encode()
@@ -248,6 +306,12 @@ def measure(p1, label, frontend_ports, spare_port, extra, served, a, say):
     say(k("frontends"), fr, f"GET /v1/frontends: {fr}")
     one = latency(p1.url(f"/v1/frontends/{frontend_ports[0]}"), 50)
     say(k("frontend"), one, f"GET /v1/frontends/PORT: {one}")
+    renewal = registration(frontend_ports[0], 0, 0)
+    alone, listing, listings = renewals_under_listing(p1, renewal)
+    say(k("renewals_alone"), alone, f"renewals of one server, 500/s on one connection: {alone}")
+    say(k("renewals_listing"), listing, f"... while another connection loops on GET /v1/frontends "
+        f"({listings} listings): {listing}")
+    say(k("listings_under_renewals"), listings, "")
     say(k("rss_after_reads_kib"), rss_kib(p1.proc.pid),
         f"lbmesh RSS after the reads: {rss_kib(p1.proc.pid)}")
     # lbmesh gives what bulk work freed back to the system within 5 s.
