@@ -140,7 +140,47 @@ impl Chitchat {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn process_message(&mut self, msg: ChitchatMessage) -> Option<ChitchatMessage> {
+        self.process_message_and_pull(msg).0
+    }
+
+    /// Processes a message; the flag says whether to send the sender a new
+    /// SYN at once (lbmesh patch): a SYN-ACK whose delta brought news about
+    /// some node, from a sender that holds still more than this node after
+    /// it (its delta was cut at the message size). A node catching up on a
+    /// large state then pulls one delta after the other instead of one per
+    /// gossip round. Each pull needs progress, so the chain ends once the
+    /// sender has nothing more to give (or gives nothing this node takes).
+    pub(crate) fn process_message_and_pull(
+        &mut self,
+        msg: ChitchatMessage,
+    ) -> (Option<ChitchatMessage>, bool) {
+        // What the sender of a SYN-ACK holds of every other node.
+        let theirs: Vec<(ChitchatId, Version)> = match &msg {
+            ChitchatMessage::SynAck { digest, .. } => digest
+                .node_digests
+                .iter()
+                .filter(|(id, _)| *id != self.self_chitchat_id())
+                .map(|(id, d)| (id.clone(), d.max_version))
+                .collect(),
+            _ => return (self.process_message_inner(msg), false),
+        };
+        let held = |this: &Self| -> Vec<Version> {
+            theirs
+                .iter()
+                .map(|(id, _)| this.node_state(id).map_or(0, NodeState::max_version))
+                .collect()
+        };
+        let before = held(self);
+        let response = self.process_message_inner(msg);
+        let after = held(self);
+        let progress = before.iter().zip(&after).any(|(b, a)| a > b);
+        let behind = theirs.iter().zip(&after).any(|((_, t), a)| t > a);
+        (response, progress && behind)
+    }
+
+    fn process_message_inner(&mut self, msg: ChitchatMessage) -> Option<ChitchatMessage> {
         self.update_self_heartbeat();
 
         match msg {

@@ -1,4 +1,4 @@
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -218,6 +218,9 @@ struct Server {
     chitchat: Arc<Mutex<Chitchat>>,
     transport: Box<dyn Socket>,
     rng: SmallRng,
+    /// When a SYN went to each address that has not answered it yet.
+    awaiting: HashMap<SocketAddr, time::Instant>,
+    gossip_interval: Duration,
 }
 
 impl Server {
@@ -227,11 +230,14 @@ impl Server {
         transport: Box<dyn Socket>,
     ) -> Self {
         let rng = crate::rng::generator();
+        let gossip_interval = chitchat.lock().await.config.gossip_interval;
         Self {
             chitchat,
             command_rx,
             transport,
             rng,
+            awaiting: HashMap::new(),
+            gossip_interval,
         }
     }
 
@@ -274,11 +280,22 @@ impl Server {
         from_addr: SocketAddr,
         message: ChitchatMessage,
     ) -> anyhow::Result<()> {
+        if matches!(
+            message,
+            ChitchatMessage::SynAck { .. } | ChitchatMessage::BadCluster
+        ) {
+            self.awaiting.remove(&from_addr);
+        }
         // Handle gossip message from other servers.
-        let response = self.chitchat.lock().await.process_message(message);
+        let (response, pull) = self.chitchat.lock().await.process_message_and_pull(message);
         // Send reply if necessary.
         if let Some(message) = response {
             self.transport.send(from_addr, message).await?;
+        }
+        // The sender holds more than its message carried: ask for the rest now
+        // (lbmesh patch, see `Chitchat::process_message_and_pull`).
+        if pull {
+            self.gossip(from_addr).await?;
         }
         Ok(())
     }
@@ -318,6 +335,10 @@ impl Server {
 
         chitchat_guard.update_self_heartbeat();
         chitchat_guard.gc_keys_marked_for_deletion();
+        let now = time::Instant::now();
+        let interval = self.gossip_interval;
+        self.awaiting
+            .retain(|_, sent| now.duration_since(*sent) < interval);
 
         // Drop lock to prevent deadlock in [`UdpSocket::gossip`].
         drop(chitchat_guard);
@@ -342,9 +363,25 @@ impl Server {
         chitchat_guard.update_nodes_liveness();
     }
 
-    /// Gossips with another peer.
+    /// Gossips with another peer, unless a SYN to it still awaits its answer
+    /// (lbmesh patch): for one gossip interval at most, so that a lost
+    /// message or a peer that is gone costs no more than a round. A node
+    /// answers every SYN with a delta it computes over its whole state and
+    /// sends back whole; while a large delta is on its way, more SYNs with
+    /// the same digest would only have the same delta computed and sent
+    /// again. The answer to the pending SYN is answered in turn with
+    /// everything this node holds then, so nothing waits longer for it.
     async fn gossip(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let now = time::Instant::now();
+        if self
+            .awaiting
+            .get(&addr)
+            .is_some_and(|sent| now.duration_since(*sent) < self.gossip_interval)
+        {
+            return Ok(());
+        }
         let syn = self.chitchat.lock().await.create_syn_message();
+        self.awaiting.insert(addr, now);
         self.transport.send(addr, syn).await?;
         Ok(())
     }
