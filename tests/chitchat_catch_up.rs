@@ -18,7 +18,12 @@ fn addr(n: u8) -> SocketAddr {
     SocketAddr::from(([198, 18, 0, n], 7946))
 }
 
-async fn node(net: &MemoryNetwork, n: u8, seeds: &[u8], keys: Vec<(String, String)>) -> ChitchatHandle {
+async fn node(
+    net: &MemoryNetwork,
+    n: u8,
+    seeds: &[u8],
+    keys: Vec<(String, String)>,
+) -> ChitchatHandle {
     let config = ChitchatConfig {
         chitchat_id: ChitchatId::new(format!("lb{n}"), 1, addr(n)),
         cluster_id: "pull".into(),
@@ -56,7 +61,9 @@ async fn held(h: &ChitchatHandle) -> usize {
     cc.node_states()
         .iter()
         .find(|(id, _)| &*id.node_id == "lb1")
-        .map_or(0, |(_, s)| s.key_values().filter(|(k, _)| k.starts_with('k')).count())
+        .map_or(0, |(_, s)| {
+            s.key_values().filter(|(k, _)| k.starts_with('k')).count()
+        })
 }
 
 #[tokio::test(start_paused = true)]
@@ -82,14 +89,21 @@ async fn a_joining_node_pulls_a_large_state_within_one_round() {
     // The state takes many messages (of at most 64 KiB each)...
     assert!(bytes > 10 * 65_507, "{bytes} bytes");
     // ...each asked for once: a SYN, its answer and B's reply per message.
-    assert!(sent < 3 * (bytes / 50_000 + 2), "{sent} messages for {bytes} bytes");
+    assert!(
+        sent < 3 * (bytes / 50_000 + 2),
+        "{sent} messages for {bytes} bytes"
+    );
 
     // Once B holds everything, the pulling stops: only rounds remain (one
     // exchange each way per round, three messages each).
     let (before, _, _) = net.counters();
     tokio::time::sleep(ROUND * 3).await;
     let (after, _, _) = net.counters();
-    assert!(after - before <= 3 * 2 * 4, "{} messages in three rounds", after - before);
+    assert!(
+        after - before <= 3 * 2 * 4,
+        "{} messages in three rounds",
+        after - before
+    );
     drop((a, b));
 }
 
