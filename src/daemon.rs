@@ -190,7 +190,7 @@ pub async fn run(
         }
         None => None,
     };
-    let (applier, apply_rx) = Applier::new(
+    let (mut applier, apply_rx) = Applier::new(
         shared.clone(),
         haproxy.clone(),
         render.clone(),
@@ -247,6 +247,7 @@ pub async fn run(
     })?;
     // Nothing below can fail: the start has succeeded.
     created.keep();
+    applier.hold_until_caught_up(mesh.view().caught_up());
     let mut tasks = Tasks::new();
 
     let failover =

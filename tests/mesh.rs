@@ -279,6 +279,18 @@ fn a_peer_that_lost_its_disk_fails_the_check_until_it_holds_what_the_mesh_holds(
     }
     assert_eq!(servers(&m.peers[1]), 0, "the peers were frozen");
 
+    // A peer whose catch-up waits still serves what it is given: its
+    // applier holds a change back while it catches up, for a few seconds
+    // at most.
+    let c = Backend::start("nodeport-c");
+    let own = free_port("127.0.0.1");
+    m.peers[1].add("mqtt", own, c.addr);
+    assert_eq!(
+        greeting(m.peers[1].frontend(own)).as_deref(),
+        Some("nodeport-c")
+    );
+    assert!(!keepalived_check(&m.peers[1]).0);
+
     for pid in frozen {
         signal(pid, "CONT");
     }
@@ -286,7 +298,7 @@ fn a_peer_that_lost_its_disk_fails_the_check_until_it_holds_what_the_mesh_holds(
     eventually(Duration::from_secs(20), "the check to pass", || {
         keepalived_check(&m.peers[1]).0.then_some(())
     });
-    assert_eq!(servers(&m.peers[1]), 2, "{}", m.peers[1].status());
+    assert_eq!(servers(&m.peers[1]), 3, "{}", m.peers[1].status());
     let s = m.peers[1].status();
     assert_eq!(s["mesh"]["caught_up"], true, "{s}");
     assert_eq!(s["mesh"]["caught_up_by"]["by"], "peer", "{s}");

@@ -98,6 +98,10 @@ impl ApplyStatus {
     }
 }
 
+/// The longest a registry change waits for this peer to catch up with the
+/// mesh before it is applied anyway (see [`Applier::hold_until_caught_up`]).
+pub const CATCH_UP_HOLD: Duration = Duration::from_secs(5);
+
 pub struct Applier {
     registry: Arc<SharedRegistry>,
     haproxy: Haproxy,
@@ -106,6 +110,8 @@ pub struct Applier {
     coalesce: Duration,
     metrics: Arc<Metrics>,
     status: watch::Sender<ApplyStatus>,
+    /// Whether this peer has caught up with the mesh (none: not in a mesh).
+    caught_up: Option<watch::Receiver<bool>>,
 }
 
 /// The registry as last read, with what is costly to derive from it.
@@ -152,9 +158,45 @@ impl Applier {
                 coalesce: timing.coalesce,
                 metrics,
                 status,
+                caught_up: None,
             },
             rx,
         )
+    }
+
+    /// While this peer catches up with the mesh (`caught_up` is false), a
+    /// registry change waits for the rest, up to [`CATCH_UP_HOLD`]: a peer
+    /// receiving a large registry would otherwise render and check every
+    /// part of it as it arrives (seconds of CPU at 100,000 servers, taken
+    /// from the catch-up itself), and a peer that has not caught up fails
+    /// its keepalived check anyway. What it holds at start is applied at
+    /// once, and a peer whose catch-up waits (no peer reachable) still
+    /// applies each change, late by at most the hold.
+    pub fn hold_until_caught_up(&mut self, caught_up: watch::Receiver<bool>) {
+        self.caught_up = Some(caught_up);
+    }
+
+    /// Waits while [`Applier::hold_until_caught_up`] says so, or until
+    /// HAProxy starts or exits (`process`); false if shutdown came first.
+    async fn catch_up_hold(
+        &mut self,
+        process: &mut watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Some(caught_up) = self.caught_up.as_mut() else {
+            return true;
+        };
+        if *caught_up.borrow_and_update() {
+            return true;
+        }
+        tokio::select! {
+            // A closed channel (the mesh stopped) holds nothing back.
+            _ = caught_up.wait_for(|c| *c) => true,
+            () = tokio::time::sleep(CATCH_UP_HOLD) => true,
+            // Seen again at the top of the loop.
+            _ = process.changed() => true,
+            () = crate::shutdown::signalled(shutdown) => false,
+        }
     }
 
     /// Applies until `shutdown` fires, on a thread of its own.
@@ -274,6 +316,9 @@ impl Applier {
                 r = changes.changed() => {
                     if r.is_err() { break; }
                     tokio::time::sleep(self.coalesce).await;
+                    if !self.catch_up_hold(&mut process, &mut shutdown).await {
+                        break;
+                    }
                 }
                 r = process.changed() => {
                     if r.is_err() { break; }

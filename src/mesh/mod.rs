@@ -97,12 +97,19 @@ pub struct MeshView {
     current: Arc<ArcSwap<MeshSnapshot>>,
     updates: watch::Receiver<u64>,
     poke: Arc<Notify>,
+    caught_up: watch::Receiver<bool>,
 }
 
 impl MeshView {
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<MeshSnapshot> {
         self.current.load_full()
+    }
+
+    /// Whether this peer has caught up with the mesh (see [`CaughtUp`]);
+    /// it changes once, from false to true.
+    pub fn caught_up(&self) -> watch::Receiver<bool> {
+        self.caught_up.clone()
     }
 
     /// A snapshot for which `ready` holds (e.g. computed after a write this
@@ -226,6 +233,7 @@ impl Mesh {
         let holds = Arc::new(ArcSwap::from_pointee(BTreeMap::new()));
         let current = Arc::new(ArcSwap::from_pointee(MeshSnapshot::default()));
         let (updates_tx, updates) = watch::channel(0);
+        let (caught_up_tx, caught_up) = watch::channel(false);
         let poke = Arc::new(Notify::new());
         let registry_policy = registry.with(|r| addresses::policy_digest(r));
         let mut observe = observe::Observe {
@@ -244,6 +252,7 @@ impl Mesh {
             },
             snapshot: current.clone(),
             updates: updates_tx,
+            caught_up: caught_up_tx,
             poke: poke.clone(),
             wake: observe_wake.clone(),
             metrics: settings.metrics.clone(),
@@ -310,6 +319,7 @@ impl Mesh {
                 current,
                 updates,
                 poke,
+                caught_up,
             },
             tasks,
         })

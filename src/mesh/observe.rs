@@ -57,6 +57,8 @@ pub(super) struct Observe {
     pub snapshot: Arc<ArcSwap<MeshSnapshot>>,
     /// Counts published snapshots, for readers waiting for a fresh one.
     pub updates: watch::Sender<u64>,
+    /// Whether this peer has caught up with the mesh, for those who wait for it.
+    pub caught_up: watch::Sender<bool>,
     /// Asks for a snapshot at once (someone waits for a fresh one).
     pub poke: Arc<Notify>,
     /// Asks for a snapshot soon: what a peer holds or published changed.
@@ -434,8 +436,11 @@ impl Observe {
         self.report(&prev, &snap);
         self.events
             .update(self.registry.events(), &self.me.node_id, &snap.peers);
+        let caught_up = snap.state.caught_up;
         self.snapshot.store(Arc::new(snap));
         self.updates.send_modify(|n| *n += 1);
+        self.caught_up
+            .send_if_modified(|c| std::mem::replace(c, caught_up) != caught_up);
     }
 
     /// Logs each new duplicate node id once, and sets its metric.
