@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use super::entry::{Entry, Op};
 use super::types::{Key, Origin};
-use super::view::{ConflictView, FrontendView};
+use super::view::{ConflictView, FrontendView, RefusedView, RegistryView};
 use super::{Registry, bounds, server_view};
 
 /// Keys a listing reads per run, i.e. per hold of the registry lock: about
@@ -14,17 +14,44 @@ use super::{Registry, bounds, server_view};
 pub const LISTING_RUN_KEYS: usize = 256;
 
 /// A run of served frontends, in port order, as [`Registry::view`] shows
-/// them, with their conflicts.
+/// them, with their conflicts, the servers this peer refuses, and the first
+/// lease end among them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FrontendRun {
     /// The registry's generation when the run was read.
     pub generation: u64,
+    /// Its config generation then.
+    pub config_generation: u64,
     pub frontends: Vec<FrontendView>,
     /// Live servers of these frontends left out because another name owns
     /// their frontend, in (frontend, server) order.
     pub conflicts: Vec<ConflictView>,
+    /// Live servers of these frontends this peer's policy refuses, in
+    /// (frontend, server) order.
+    pub refused: Vec<RefusedView>,
+    /// The first lease end (Unix ms) among the live servers of these
+    /// frontends, served or not.
+    pub next_expiry_ms: Option<u64>,
     /// The port the next run starts from; `None` once every frontend is read.
     pub next: Option<u16>,
+}
+
+impl FrontendRun {
+    /// Adds the next run to this one.
+    fn extend(&mut self, run: FrontendRun) {
+        self.frontends.extend(run.frontends);
+        self.conflicts.extend(run.conflicts);
+        self.refused.extend(run.refused);
+        self.next_expiry_ms = earliest(self.next_expiry_ms, run.next_expiry_ms);
+        self.next = run.next;
+    }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Registry {
@@ -36,18 +63,21 @@ impl Registry {
         if !self.bounds_fit() {
             return self.view(now_ms).frontends.remove(&port);
         }
-        self.frontend_parts(port, now_ms, &mut Vec::new())
+        let mut run = FrontendRun::default();
+        self.read_frontend(port, now_ms, &mut run);
+        run.frontends.pop()
     }
 
     /// The served frontends from port `from` on at `now_ms`, stopping once
-    /// about `max_keys` keys have been read (a frontend is never split). Each run is read from one state of the
-    /// registry; a listing made of several runs shows each frontend as it
-    /// was when its run was read. When the size bounds leave something out,
-    /// which frontends are served depends on all of them: the run is then
-    /// the rest of the whole view.
+    /// about `max_keys` keys have been read (a frontend is never split).
+    /// Each run is read from one state of the registry; a listing made of
+    /// several runs shows each frontend as it was when its run was read.
+    /// When the size bounds leave something out, which frontends are served
+    /// depends on all of them: the run is then the rest of the whole view.
     pub fn frontends_from(&self, from: u16, max_keys: usize, now_ms: u64) -> FrontendRun {
         let mut run = FrontendRun {
             generation: self.generation,
+            config_generation: self.config_generation,
             ..FrontendRun::default()
         };
         if !self.bounds_fit() {
@@ -62,6 +92,12 @@ impl Registry {
                 .into_iter()
                 .filter(|c| c.frontend >= from)
                 .collect();
+            run.refused = v
+                .refused
+                .into_iter()
+                .filter(|r| r.frontend >= from)
+                .collect();
+            run.next_expiry_ms = v.next_expiry_ms;
             return run;
         }
         let mut keys = 0;
@@ -72,8 +108,7 @@ impl Registry {
             }
             // Tombstones are read too, but adds are what a frontend costs.
             keys += adds;
-            run.frontends
-                .extend(self.frontend_parts(port, now_ms, &mut run.conflicts));
+            self.read_frontend(port, now_ms, &mut run);
         }
         run
     }
@@ -84,43 +119,55 @@ impl Registry {
         bounds::fits(&self.limits, self.adds_per_frontend.values().copied())
     }
 
-    /// The frontend on `port` read from its own keys (valid while the size
-    /// bounds hold); its conflicts are appended to `conflicts`.
-    fn frontend_parts(
-        &self,
-        port: u16,
-        now_ms: u64,
-        conflicts: &mut Vec<ConflictView>,
-    ) -> Option<FrontendView> {
+    /// Adds the frontend on `port`, read from its own keys (valid while the
+    /// size bounds hold), to `run`: the frontend if served, its conflicts,
+    /// refusals and first lease end.
+    fn read_frontend(&self, port: u16, now_ms: u64, run: &mut FrontendRun) {
         let lo = Key {
             frontend: port,
             server: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let live: Vec<(&Key, &Origin, &Entry)> = self
+        let mut live: Vec<(&Key, &Origin, &Entry)> = Vec::new();
+        for (k, ke) in self
             .keys
             .range(lo..)
             .take_while(|(k, _)| k.frontend == port)
-            .filter_map(|(k, ke)| {
-                let p = ke.winner.as_ref()?;
-                let e = &ke.by_peer[p];
-                e.live_until(now_ms)?;
-                Some((k, p, e))
-            })
-            .filter(|(k, _, _)| self.admit(k, |p| self.is_live_frontend(p, now_ms)).is_ok())
-            .collect();
-        let owner = live
+        {
+            let Some(p) = ke.winner.as_ref() else {
+                continue;
+            };
+            let e = &ke.by_peer[p];
+            let Some(end) = e.live_until(now_ms) else {
+                continue;
+            };
+            run.next_expiry_ms = earliest(run.next_expiry_ms, Some(end));
+            match self.admit(k, |p| self.is_live_frontend(p, now_ms)) {
+                Ok(()) => live.push((k, p, e)),
+                Err(why) => run.refused.push(RefusedView {
+                    frontend: k.frontend,
+                    server: k.server,
+                    name: e.name().clone(),
+                    peer: p.node.clone(),
+                    reason: why.label(),
+                    message: why.to_string(),
+                }),
+            }
+        }
+        let Some(owner) = live
             .iter()
             .filter_map(|(_, _, e)| match &e.op {
                 Op::Add { name, since_ms, .. } => Some((*since_ms, name)),
                 Op::Delete { .. } => None,
             })
-            .min()?
-            .1
-            .clone();
+            .min()
+            .map(|(_, name)| name.clone())
+        else {
+            return;
+        };
         let mut servers = std::collections::BTreeMap::new();
         for (k, p, e) in live {
             if *e.name() != owner {
-                conflicts.push(ConflictView {
+                run.conflicts.push(ConflictView {
                     frontend: port,
                     server: k.server,
                     name: e.name().clone(),
@@ -130,10 +177,33 @@ impl Registry {
                 servers.insert(k.server, s);
             }
         }
-        Some(FrontendView {
+        run.frontends.push(FrontendView {
             port,
             owner,
             servers,
-        })
+        });
+    }
+}
+
+impl RegistryView {
+    /// The registry as served, read run after run from `read` (given the
+    /// port to start from; see [`Registry::frontends_from`]), each run under
+    /// its own hold of the registry: the same as [`Registry::view`] when
+    /// nothing changed in between. Otherwise each frontend is as it was when
+    /// its run was read, and the generations are those of the first run, so
+    /// whoever compares them with the registry's sees that it must read again.
+    pub fn from_runs(mut read: impl FnMut(u16) -> FrontendRun) -> RegistryView {
+        let mut all = read(0);
+        while let Some(from) = all.next {
+            all.extend(read(from));
+        }
+        RegistryView {
+            generation: all.generation,
+            config_generation: all.config_generation,
+            frontends: all.frontends.into_iter().map(|f| (f.port, f)).collect(),
+            conflicts: all.conflicts,
+            refused: all.refused,
+            next_expiry_ms: all.next_expiry_ms,
+        }
     }
 }

@@ -337,6 +337,12 @@ fn listing(r: &Registry, max_keys: usize, now: u64) -> (Vec<FrontendView>, Vec<C
     (frontends, conflicts)
 }
 
+/// The view as [`SharedRegistry::view`](crate::shared::SharedRegistry::view)
+/// reads it: in runs of about `max_keys` keys.
+fn view_in_runs(r: &Registry, max_keys: usize, now: u64) -> RegistryView {
+    RegistryView::from_runs(|from| r.frontends_from(from, max_keys, now))
+}
+
 /// The same from the whole view.
 fn whole_listing(v: &RegistryView) -> (Vec<FrontendView>, Vec<ConflictView>) {
     (v.frontends.values().cloned().collect(), v.conflicts.clone())
@@ -395,6 +401,7 @@ proptest! {
             }
             for max_keys in [0, 1, 3, 1000] {
                 prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
+                prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
@@ -700,6 +707,7 @@ proptest! {
             }
             for max_keys in [1, 1000] {
                 prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
+                prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
@@ -773,4 +781,44 @@ fn gossip_from_far_in_the_future_is_refused() {
     r.apply(del(443, "198.18.0.9:30443", "svc"), T0 + 2)
         .unwrap();
     r.check_invariants().unwrap();
+}
+
+proptest! {
+    /// Read in runs, the view is the whole view: servers this peer refuses
+    /// as loops (a mesh address on a frontend port, judged against the live
+    /// frontends of every run), conflicts between names, and the first lease
+    /// end, whichever run holds it.
+    #[test]
+    fn a_view_read_in_runs_is_the_whole_view(
+        adds in proptest::collection::vec((0u16..6, 0u8..4, 0u16..7, 0u8..2, 0u64..20_000, 10u32..60), 1..50),
+    ) {
+        let mut wide = Registry::new(
+            "lb2".parse().unwrap(),
+            Limits::default(),
+            PortPolicy::new(vec![], [9000]),
+        );
+        let mut r = Registry::new("lb1".parse().unwrap(), Limits::default(), PortPolicy::new(vec![], [9000]));
+        r.set_loop_guard(LoopGuard {
+            addrs: ["198.18.0.1".parse().unwrap()].into(),
+            ports: [9000].into(),
+        });
+        let mut now = T0;
+        for (f, s, port, name, dt, ttl) in adds {
+            now += dt;
+            // Server ports 1000..1006 are frontend ports: on 198.18.0.1, a loop.
+            let c = wide.apply(Command::Register {
+                key: key(1000 + f, &format!("198.18.0.{s}:{}", 1000 + port)),
+                name: format!("n{name}").parse().unwrap(),
+                send_proxy: false,
+                ttl: Some(Duration::from_secs(u64::from(ttl))),
+            }, now);
+            if let Ok(c) = c {
+                r.merge_remote(c.key, wide.origin().clone(), Some(c.entry), now);
+            }
+            let v = r.view(now);
+            for max_keys in [0, 1, 2, 5, 1000] {
+                prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
+            }
+        }
+    }
 }

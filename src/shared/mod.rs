@@ -18,7 +18,8 @@ pub use replication::{AckMode, AckPolicy, Confirmed, Gossiped, Published, Replic
 use crate::clock::Clock;
 use crate::events::Events;
 use crate::registry::{
-    Change, Command, Entry, FrontendRun, Key, Origin, Registry, RegistryError, RegistryView,
+    Change, Command, Entry, FrontendRun, Key, LISTING_RUN_KEYS, Origin, Registry, RegistryError,
+    RegistryView,
 };
 use crate::store::{Pending, Record, Store, StoreError};
 use committer::Write;
@@ -267,9 +268,16 @@ impl SharedRegistry {
     }
 
     /// The registry as served now.
+    ///
+    /// Read in runs of about [`LISTING_RUN_KEYS`] keys, each under its own
+    /// hold of the lock, so that building the view of a large registry
+    /// (75 ms at 100,000 servers) never holds every write behind it: equal
+    /// to one read when nothing changed meanwhile, else each frontend as it
+    /// was when read and the generations of the first run, which watchers of
+    /// [`SharedRegistry::subscribe`] then see are behind.
     pub fn view(&self) -> RegistryView {
         let now = self.clock.now_ms();
-        self.lock().view(now)
+        RegistryView::from_runs(|from| self.frontends_from(from, LISTING_RUN_KEYS, now))
     }
 
     /// One frontend as served now.
