@@ -8,7 +8,13 @@
 //!   waits behind it;
 //! - `all_runs`: every run, one after the other: the registry work of a
 //!   whole listing;
-//! - `view`: `Registry::view`, which the listing used to build under the lock.
+//! - `view`: `Registry::view`, which the listing (and the applier, and
+//!   status with refusals) used to build under the lock;
+//! - `summary_run`: one run of the summary (`Registry::summarize` with
+//!   [`LISTING_RUN_KEYS`]), the longest `/v1/status` and the mesh's digest
+//!   hold the lock at a time when the kept summary no longer holds;
+//! - `summary`: the whole pass (every run, or `Registry::summary` without
+//!   its memo), which they used to hold the lock for.
 
 use std::hint::black_box;
 
@@ -39,6 +45,22 @@ fn bench_listing(c: &mut Criterion) {
         })
     });
     group.bench_function("view", |b| b.iter(|| black_box(registry.view(NOW_MS))));
+    group.bench_function("summary_run", |b| {
+        b.iter(|| {
+            let mut runs = registry.start_summary(NOW_MS);
+            registry.summarize(&mut runs, LISTING_RUN_KEYS);
+            black_box(runs.next)
+        })
+    });
+    group.bench_function("summary", |b| {
+        b.iter(|| {
+            let mut runs = registry.start_summary(NOW_MS);
+            while runs.next.is_some() {
+                registry.summarize(&mut runs, LISTING_RUN_KEYS);
+            }
+            black_box(registry.finish_summary(runs))
+        })
+    });
     group.finish();
 }
 

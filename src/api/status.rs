@@ -26,9 +26,9 @@ fn apply_in_step(st: &ApiState, apply: &ApplyStatus) -> bool {
 
 /// The status of this peer (and, in a mesh, of every peer it knows).
 pub async fn node_status(st: &ApiState) -> NodeStatus {
-    let now = st.registry.now_ms();
-    // One pass over the registry for the digest, counts and refusals.
-    let report = st.registry.with(|r| r.report(now, 100));
+    // The digest, counts and refusals, read in runs (no write waits for a
+    // pass over the whole registry).
+    let report = st.registry.report(100);
     let summary = report.summary;
     let generation = st.registry.with(|r| r.generation());
     let running = st.haproxy.is_serving().await;

@@ -181,11 +181,10 @@ impl Observe {
             }
         };
         if stale {
-            let now = self.registry.now_ms();
             self.digest = Some(OwnDigest {
                 registry_generation,
                 config,
-                registry_digest: self.registry.with(|r| r.summary(now)).digest,
+                registry_digest: self.registry.summary().digest,
                 at: Instant::now(),
             });
         }

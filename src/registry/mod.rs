@@ -7,6 +7,7 @@ pub mod entry;
 mod listing;
 pub mod own;
 pub mod policy;
+mod summary;
 pub mod types;
 pub mod view;
 
@@ -22,6 +23,7 @@ pub use entry::{Entry, Op};
 pub use listing::{FrontendRun, LISTING_RUN_KEYS};
 pub use own::Durability;
 pub use policy::{PolicyError, PortPolicy, PortRange};
+pub use summary::SummaryRuns;
 pub use types::{FieldError, Key, Origin, PeerId, ServerAddr, ServiceName};
 pub use view::{FrontendView, RefusedView, RegistryView, ServerView, Summary};
 
@@ -352,26 +354,8 @@ pub struct Registry {
     /// Bumps whenever anything a [`Summary`] is computed from changes: an
     /// entry, or the loop guard (the other policies are set at start).
     state: u64,
-    /// The last summary computed; see [`SummaryMemo`].
-    summary: std::sync::Mutex<Option<SummaryMemo>>,
-}
-
-/// A [`Summary`] computed at `from_ms` from state `state`. Until the state
-/// changes, it holds for every instant before the first lease then live
-/// ends, `until_ms` (status and gossip ask for it often; with 100,000
-/// servers one costs tens of milliseconds).
-#[derive(Debug, Clone)]
-struct SummaryMemo {
-    state: u64,
-    from_ms: u64,
-    until_ms: Option<u64>,
-    summary: Summary,
-}
-
-impl SummaryMemo {
-    fn holds(&self, state: u64, now_ms: u64) -> bool {
-        self.state == state && self.from_ms <= now_ms && self.until_ms.is_none_or(|t| now_ms < t)
-    }
+    /// The last summary computed; see [`summary::SummaryMemo`].
+    summary: std::sync::Mutex<Option<summary::SummaryMemo>>,
 }
 
 /// A frontend's owner as computed at `from_ms`. Until one of its keys changes
@@ -1015,6 +999,17 @@ impl Registry {
     pub fn report(&self, now_ms: u64, max_refused: usize) -> Report {
         let summary = self.summary(now_ms);
         let in_view = self.refused_when_served(&summary, now_ms);
+        self.report_of(summary, in_view, max_refused)
+    }
+
+    /// A [`Report`] from the `summary` and the entries refused when served
+    /// (`in_view`, from a view of the same instant).
+    pub fn report_of(
+        &self,
+        summary: Summary,
+        in_view: Vec<RefusedView>,
+        max_refused: usize,
+    ) -> Report {
         Report {
             counts: self.count_refused(&in_view),
             refused: self.list_refused(in_view, max_refused),
@@ -1178,107 +1173,6 @@ impl Registry {
             }
         }
         dead
-    }
-
-    /// The digest and counts of [`Registry::view`] at `now_ms`, without
-    /// building it: status and gossip ask often, and a view of 10,000
-    /// servers is a megabyte of short-lived allocations.
-    pub fn summary(&self, now_ms: u64) -> Summary {
-        let mut memo = self.summary.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = memo.as_ref().filter(|m| m.holds(self.state, now_ms)) {
-            return m.summary.clone();
-        }
-        let (summary, until_ms) = self.compute_summary(now_ms);
-        *memo = Some(SummaryMemo {
-            state: self.state,
-            from_ms: now_ms,
-            until_ms,
-            summary: summary.clone(),
-        });
-        summary
-    }
-
-    /// [`Registry::summary`] computed afresh, and the first lease end after
-    /// `now_ms` among live entries (when it may change next).
-    fn compute_summary(&self, now_ms: u64) -> (Summary, Option<u64>) {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        let mut sum = Summary::default();
-        // Servers served per frontend, to see whether a bound leaves some out.
-        let mut per_frontend: Vec<usize> = Vec::new();
-        let mut live: Vec<(&SocketAddr, &ServiceName, bool, u64, u64)> = Vec::new();
-        let mut until_ms: Option<u64> = None;
-        let live_frontends: std::collections::BTreeSet<u16> = self
-            .keys
-            .iter()
-            .filter_map(|(k, ke)| {
-                let end = ke.winner()?.live_until(now_ms)?;
-                until_ms = Some(until_ms.map_or(end, |u| u.min(end)));
-                Some(k.frontend)
-            })
-            .collect();
-        let mut iter = self.keys.iter().peekable();
-        while let Some((first, _)) = iter.peek() {
-            let frontend = first.frontend;
-            live.clear();
-            while let Some((k, ke)) = iter.next_if(|(k, _)| k.frontend == frontend) {
-                if let Some(Entry {
-                    op:
-                        Op::Add {
-                            name,
-                            send_proxy,
-                            since_ms,
-                            expires_ms,
-                        },
-                    ..
-                }) = ke.winner()
-                {
-                    if *expires_ms <= now_ms {
-                        continue;
-                    }
-                    if self.admit(k, |port| live_frontends.contains(&port)).is_ok() {
-                        live.push((&k.server, name, *send_proxy, *since_ms, *expires_ms));
-                    } else {
-                        sum.refused += 1;
-                    }
-                }
-            }
-            let Some(owner) = live
-                .iter()
-                .map(|(_, name, _, since, _)| (*since, *name))
-                .min()
-                .map(|(_, name)| name)
-            else {
-                continue;
-            };
-            sum.frontends += 1;
-            view::hash_frontend(&mut h, frontend, owner);
-            let servers_before = sum.servers;
-            for (addr, name, proxy, _, expires) in &live {
-                if *name == owner {
-                    sum.servers += 1;
-                    view::hash_server(&mut h, addr, *proxy, *expires);
-                } else {
-                    sum.conflicts += 1;
-                }
-            }
-            per_frontend.push(sum.servers - servers_before);
-        }
-        if !bounds::fits(&self.limits, per_frontend) {
-            // Some are left out (rare: entries gossiped beyond this peer's
-            // bounds); the view knows which.
-            let v = self.view(now_ms);
-            let sum = Summary {
-                digest: v.digest(),
-                frontends: v.frontends.len(),
-                servers: v.server_count(),
-                conflicts: v.conflicts.len(),
-                refused: v.refused.len(),
-            };
-            return (sum, until_ms);
-        }
-        sum.digest = view::short_digest(h);
-        (sum, until_ms)
     }
 
     /// The registry as served at `now_ms`.

@@ -343,6 +343,19 @@ fn view_in_runs(r: &Registry, max_keys: usize, now: u64) -> RegistryView {
     RegistryView::from_runs(|from| r.frontends_from(from, max_keys, now))
 }
 
+/// The summary as [`SharedRegistry::summary`](crate::shared::SharedRegistry::summary)
+/// computes it when none is kept: in runs of about `max_keys` keys.
+fn summary_in_runs(r: &Registry, max_keys: usize, now: u64) -> Summary {
+    let mut runs = r.start_summary(now);
+    let mut n = 0;
+    while runs.next.is_some() {
+        r.summarize(&mut runs, max_keys);
+        n += 1;
+        assert!(n <= 70_000, "the summary ends");
+    }
+    r.finish_summary(runs)
+}
+
 /// The same from the whole view.
 fn whole_listing(v: &RegistryView) -> (Vec<FrontendView>, Vec<ConflictView>) {
     (v.frontends.values().cloned().collect(), v.conflicts.clone())
@@ -402,6 +415,7 @@ proptest! {
             for max_keys in [0, 1, 3, 1000] {
                 prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
                 prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
+                prop_assert_eq!(&summary_in_runs(&r, max_keys, now), &s);
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
@@ -700,7 +714,7 @@ proptest! {
             r.check_invariants().map_err(TestCaseError::fail)?;
             let v = r.view(now);
             let s = r.summary(now);
-            prop_assert_eq!(s.digest, v.digest());
+            prop_assert_eq!(&s.digest, &v.digest());
             prop_assert_eq!(s.refused, v.refused.len(), "status lists what the view leaves out");
             for port in 1000..1006 {
                 prop_assert_eq!(r.frontend_view(port, now), v.frontends.get(&port).cloned());
@@ -708,6 +722,7 @@ proptest! {
             for max_keys in [1, 1000] {
                 prop_assert_eq!(listing(&r, max_keys, now), whole_listing(&v));
                 prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
+                prop_assert_eq!(&summary_in_runs(&r, max_keys, now), &s);
             }
             prop_assert!(v.server_count() <= 4);
             prop_assert!(v.frontends.len() <= 2);
@@ -816,9 +831,38 @@ proptest! {
                 r.merge_remote(c.key, wide.origin().clone(), Some(c.entry), now);
             }
             let v = r.view(now);
+            let whole = r.summary(now);
+            prop_assert_eq!(&whole.digest, &v.digest());
+            prop_assert_eq!(whole.refused, v.refused.len());
+            prop_assert_eq!(whole.conflicts, v.conflicts.len());
             for max_keys in [0, 1, 2, 5, 1000] {
                 prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
+                prop_assert_eq!(&summary_in_runs(&r, max_keys, now), &whole);
             }
         }
     }
+}
+
+/// A summary whose runs saw the registry change between them mixes two
+/// states: it is not kept, and the next one is computed afresh.
+#[test]
+fn a_summary_that_saw_a_change_is_not_kept() {
+    let mut r = reg();
+    for f in [1000, 1001] {
+        r.apply(add(f, "198.18.0.1:80", "svc"), T0).unwrap();
+    }
+    let mut runs = r.start_summary(T0);
+    r.summarize(&mut runs, 1);
+    assert!(runs.next.is_some(), "one run per frontend");
+    r.apply(add(1000, "198.18.0.2:80", "svc"), T0).unwrap();
+    while runs.next.is_some() {
+        r.summarize(&mut runs, 1);
+    }
+    let mixed = r.finish_summary(runs);
+    assert_eq!(mixed.servers, 2, "the first run was read before the change");
+    assert_eq!(r.memoized_summary(T0), None, "a mixed summary is not kept");
+    let now = r.summary(T0);
+    assert_eq!(now.servers, 3);
+    assert_eq!(now.digest, r.view(T0).digest());
+    assert_eq!(r.memoized_summary(T0), Some(now), "a summary of one state is kept");
 }

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::events::Events;
 use crate::registry::{
     Change, Command, Entry, FrontendRun, Key, LISTING_RUN_KEYS, Origin, Registry, RegistryError,
-    RegistryView,
+    RegistryView, Report, Summary,
 };
 use crate::store::{Pending, Record, Store, StoreError};
 use committer::Write;
@@ -278,6 +278,40 @@ impl SharedRegistry {
     pub fn view(&self) -> RegistryView {
         let now = self.clock.now_ms();
         RegistryView::from_runs(|from| self.frontends_from(from, LISTING_RUN_KEYS, now))
+    }
+
+    /// The digest and counts of the registry as served now (see
+    /// [`Registry::summary`]), computed in runs like [`SharedRegistry::view`]
+    /// when the one kept no longer holds: at 100,000 servers a pass costs
+    /// tens of milliseconds, and the mesh asks every second. When the
+    /// registry changed meanwhile, the summary mixes instants (each frontend
+    /// as read) and is not kept, so the next call reads it again.
+    pub fn summary(&self) -> Summary {
+        let now = self.clock.now_ms();
+        let mut runs = {
+            let reg = self.lock();
+            if let Some(s) = reg.memoized_summary(now) {
+                return s;
+            }
+            reg.start_summary(now)
+        };
+        while runs.next.is_some() {
+            self.lock().summarize(&mut runs, LISTING_RUN_KEYS);
+        }
+        self.lock().finish_summary(runs)
+    }
+
+    /// What `/v1/status` shows of the registry (see [`Registry::report`]),
+    /// read in runs: the summary, then, only when this peer refuses to serve
+    /// some live entries, a view to list them.
+    pub fn report(&self, max_refused: usize) -> Report {
+        let summary = self.summary();
+        let in_view = if summary.refused == 0 {
+            Vec::new()
+        } else {
+            self.view().refused
+        };
+        self.lock().report_of(summary, in_view, max_refused)
     }
 
     /// One frontend as served now.
