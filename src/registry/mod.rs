@@ -1097,20 +1097,46 @@ impl Registry {
     /// for them: the servers that left the view by expiry in that window,
     /// with their name and the peer that accepted their last write.
     pub fn leases_ended(&self, after_ms: u64, upto_ms: u64) -> Vec<(Key, ServiceName, Origin)> {
-        self.keys
-            .iter()
-            .filter_map(|(k, ke)| {
-                let p = ke.winner.as_ref()?;
-                match &ke.by_peer[p].op {
-                    Op::Add {
-                        name, expires_ms, ..
-                    } if *expires_ms > after_ms && *expires_ms <= upto_ms => {
-                        Some((*k, name.clone(), p.clone()))
-                    }
-                    _ => None,
+        let mut ended = Vec::new();
+        self.leases_ended_from(0, usize::MAX, after_ms, upto_ms, &mut ended);
+        ended
+    }
+
+    /// [`Registry::leases_ended`] for whole frontends from port `from` on,
+    /// stopping once about `max_keys` keys have been read; appends to
+    /// `ended` and returns the port the next run starts from (`None` once
+    /// every key is read).
+    pub fn leases_ended_from(
+        &self,
+        from: u16,
+        max_keys: usize,
+        after_ms: u64,
+        upto_ms: u64,
+        ended: &mut Vec<(Key, ServiceName, Origin)>,
+    ) -> Option<u16> {
+        let lo = Key {
+            frontend: from,
+            server: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let mut last = None;
+        for (read, (k, ke)) in self.keys.range(lo..).enumerate() {
+            if read >= max_keys.max(1) && last != Some(k.frontend) {
+                return Some(k.frontend);
+            }
+            last = Some(k.frontend);
+            let Some(p) = ke.winner.as_ref() else {
+                continue;
+            };
+            if let Op::Add {
+                name, expires_ms, ..
+            } = &ke.by_peer[p].op
+            {
+                if *expires_ms > after_ms && *expires_ms <= upto_ms {
+                    ended.push((*k, name.clone(), p.clone()));
                 }
-            })
-            .collect()
+            }
+        }
+        None
     }
 
     /// This peer's own entries: what it persists and publishes.

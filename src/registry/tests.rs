@@ -838,6 +838,11 @@ proptest! {
             for max_keys in [0, 1, 2, 5, 1000] {
                 prop_assert_eq!(&view_in_runs(&r, max_keys, now), &v);
                 prop_assert_eq!(&summary_in_runs(&r, max_keys, now), &whole);
+                let (mut ended, mut from) = (Vec::new(), Some(0));
+                while let Some(port) = from {
+                    from = r.leases_ended_from(port, max_keys, T0, now, &mut ended);
+                }
+                prop_assert_eq!(&ended, &r.leases_ended(T0, now));
             }
         }
     }
@@ -864,5 +869,9 @@ fn a_summary_that_saw_a_change_is_not_kept() {
     let now = r.summary(T0);
     assert_eq!(now.servers, 3);
     assert_eq!(now.digest, r.view(T0).digest());
-    assert_eq!(r.memoized_summary(T0), Some(now), "a summary of one state is kept");
+    assert_eq!(
+        r.memoized_summary(T0),
+        Some(now),
+        "a summary of one state is kept"
+    );
 }
