@@ -5,7 +5,9 @@
 //! - `registry`: the registry holding them as this peer's own entries;
 //! - `gossip state`: chitchat's copy of the same entries (one key-value per
 //!   server, as the mesh publishes them);
-//! - `view`: `Registry::view`, the snapshot an apply plans from;
+//! - `view`: `Registry::view`, the whole view built in one pass;
+//! - `view in runs`: the same read in runs (`RegistryView::from_runs`), as
+//!   `SharedRegistry::view` builds the snapshot an apply plans from;
 //! - `render`: the slot layout and config text rendered from that view.
 //!
 //! `cargo bench --bench memory` (or `-- 10000` for another server count).
@@ -103,6 +105,13 @@ fn main() {
     });
 
     let view = measure("view", servers, || registry.view(NOW_MS));
+    drop(view);
+    let view = measure("view in runs", servers, || {
+        lbmesh::registry::RegistryView::from_runs(|from| {
+            registry.frontends_from(from, lbmesh::registry::LISTING_RUN_KEYS, NOW_MS)
+        })
+    });
+    assert_eq!(view, registry.view(NOW_MS), "the same view");
     let settings = RenderSettings::with_sockets_in(Path::new("/run/lbmesh"));
     let rendered = measure("render", servers, || {
         render(&view, &BTreeSet::new(), &settings)

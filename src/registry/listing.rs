@@ -36,17 +36,6 @@ pub struct FrontendRun {
     pub next: Option<u16>,
 }
 
-impl FrontendRun {
-    /// Adds the next run to this one.
-    fn extend(&mut self, run: FrontendRun) {
-        self.frontends.extend(run.frontends);
-        self.conflicts.extend(run.conflicts);
-        self.refused.extend(run.refused);
-        self.next_expiry_ms = earliest(self.next_expiry_ms, run.next_expiry_ms);
-        self.next = run.next;
-    }
-}
-
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -193,17 +182,23 @@ impl RegistryView {
     /// its run was read, and the generations are those of the first run, so
     /// whoever compares them with the registry's sees that it must read again.
     pub fn from_runs(mut read: impl FnMut(u16) -> FrontendRun) -> RegistryView {
-        let mut all = read(0);
-        while let Some(from) = all.next {
-            all.extend(read(from));
+        let first = read(0);
+        let mut view = RegistryView {
+            generation: first.generation,
+            config_generation: first.config_generation,
+            ..RegistryView::default()
+        };
+        // Run by run into the view, so that nothing but the view and one
+        // run is ever held.
+        let mut run = Some(first);
+        while let Some(r) = run.take() {
+            view.frontends
+                .extend(r.frontends.into_iter().map(|f| (f.port, f)));
+            view.conflicts.extend(r.conflicts);
+            view.refused.extend(r.refused);
+            view.next_expiry_ms = earliest(view.next_expiry_ms, r.next_expiry_ms);
+            run = r.next.map(&mut read);
         }
-        RegistryView {
-            generation: all.generation,
-            config_generation: all.config_generation,
-            frontends: all.frontends.into_iter().map(|f| (f.port, f)).collect(),
-            conflicts: all.conflicts,
-            refused: all.refused,
-            next_expiry_ms: all.next_expiry_ms,
-        }
+        view
     }
 }
