@@ -429,6 +429,12 @@ impl DeltaBuilder {
                 let Some(current_node_delta) = self.current_node_delta.as_mut() else {
                     anyhow::bail!("received a key-value op without a node op before.");
                 };
+                // lbmesh patch: a max version below the node's key-values is
+                // malformed; refuse the message.
+                anyhow::ensure!(
+                    max_version >= current_node_delta.max_version,
+                    "max version below the node's key-values"
+                );
                 current_node_delta.max_version = max_version;
             }
         }

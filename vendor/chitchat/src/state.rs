@@ -142,6 +142,22 @@ impl NodeState {
     // Assess whether the delta can be applied or not.
     #[must_use]
     fn check_delta_status(&self, node_delta: &NodeDelta) -> DeltaStatus {
+        // lbmesh patch: a delta carrying a key-value newer than its own max
+        // version is malformed (a peer's message is outside input): refused
+        // here, it can no longer reach the assertion in `apply_delta`, which
+        // stopped the gossip server (and lbmesh with it).
+        if node_delta
+            .key_values
+            .iter()
+            .any(|kv| kv.version > node_delta.max_version)
+        {
+            warn!(
+                node=?node_delta.chitchat_id,
+                max_version=node_delta.max_version,
+                "received a delta with key-values beyond its max version, ignoring it"
+            );
+            return DeltaStatus::Reject;
+        }
         if node_delta.from_version_excluded > self.max_version {
             // This delta is coming from the future.
             // We probably experienced a reset and this delta is not usable for us anymore.
