@@ -336,9 +336,9 @@ impl Server {
         chitchat_guard.update_self_heartbeat();
         chitchat_guard.gc_keys_marked_for_deletion();
         let now = time::Instant::now();
-        let interval = self.gossip_interval;
+        let bound = self.awaiting_bound();
         self.awaiting
-            .retain(|_, sent| now.duration_since(*sent) < interval);
+            .retain(|_, sent| now.duration_since(*sent) < bound);
 
         // Drop lock to prevent deadlock in [`UdpSocket::gossip`].
         drop(chitchat_guard);
@@ -363,9 +363,18 @@ impl Server {
         chitchat_guard.update_nodes_liveness();
     }
 
+    /// How long a SYN awaits its answer before the address gets another
+    /// (lbmesh patch): half a gossip interval, so that the next round always
+    /// reaches it. A SYN is sent a little after its round starts (lock waits,
+    /// earlier sends), so a whole interval would skip every other round to a
+    /// peer that does not answer.
+    fn awaiting_bound(&self) -> Duration {
+        self.gossip_interval / 2
+    }
+
     /// Gossips with another peer, unless a SYN to it still awaits its answer
-    /// (lbmesh patch): for one gossip interval at most, so that a lost
-    /// message or a peer that is gone costs no more than a round. A node
+    /// (lbmesh patch): for half a gossip interval at most, so that a lost
+    /// message or a peer that is gone costs no round. A node
     /// answers every SYN with a delta it computes over its whole state and
     /// sends back whole; while a large delta is on its way, more SYNs with
     /// the same digest would only have the same delta computed and sent
@@ -376,7 +385,7 @@ impl Server {
         if self
             .awaiting
             .get(&addr)
-            .is_some_and(|sent| now.duration_since(*sent) < self.gossip_interval)
+            .is_some_and(|sent| now.duration_since(*sent) < self.awaiting_bound())
         {
             return Ok(());
         }
