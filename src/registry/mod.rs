@@ -356,6 +356,36 @@ pub struct Registry {
     state: u64,
     /// The last summary computed; see [`summary::SummaryMemo`].
     summary: std::sync::Mutex<Option<summary::SummaryMemo>>,
+    /// What was served when a registration last found the adds held at a
+    /// bound; see [`ServedMemo`].
+    served: Option<ServedMemo>,
+}
+
+/// How many servers the view served, in all and per frontend, at state
+/// `state`. Until the state changes it holds until the first lease then
+/// live ends, `until_ms`: a registration refused for room is refused again
+/// from it, without a walk of the whole registry (a token holder looping
+/// on a full frontend would otherwise hold every write behind one).
+#[derive(Debug, Clone)]
+struct ServedMemo {
+    state: u64,
+    until_ms: Option<u64>,
+    servers: usize,
+    per_frontend: BTreeMap<u16, usize>,
+}
+
+impl ServedMemo {
+    fn holds(&self, state: u64, now_ms: u64) -> bool {
+        self.state == state && self.until_ms.is_none_or(|t| now_ms < t)
+    }
+
+    fn occupancy(&self, frontend: u16) -> bounds::Occupancy {
+        bounds::Occupancy {
+            servers: self.servers,
+            frontends: self.per_frontend.len(),
+            on_frontend: self.per_frontend.get(&frontend).copied().unwrap_or(0),
+        }
+    }
 }
 
 /// A frontend's owner as computed at `from_ms`. Until one of its keys changes
@@ -411,6 +441,7 @@ impl Registry {
             owners: BTreeMap::new(),
             state: 0,
             summary: std::sync::Mutex::new(None),
+            served: None,
         }
     }
 
@@ -749,18 +780,30 @@ impl Registry {
         if room(self) {
             return Ok(());
         }
-        self.collect_garbage(now_ms);
-        if room(self) {
-            return Ok(());
-        }
-        let view = self.view(now_ms);
-        let served = bounds::Occupancy {
-            servers: view.server_count(),
-            frontends: view.frontends.len(),
-            on_frontend: view
-                .frontends
-                .get(&key.frontend)
-                .map_or(0, |f| f.servers.len()),
+        // Only what is served counts; what it was is kept until the
+        // registry changes or a lease ends.
+        let served = match self.served.as_ref().filter(|m| m.holds(self.state, now_ms)) {
+            Some(memo) => memo.occupancy(key.frontend),
+            None => {
+                self.collect_garbage(now_ms);
+                if room(self) {
+                    return Ok(());
+                }
+                let view = self.view(now_ms);
+                let memo = ServedMemo {
+                    state: self.state,
+                    until_ms: view.next_expiry_ms,
+                    servers: view.server_count(),
+                    per_frontend: view
+                        .frontends
+                        .iter()
+                        .map(|(port, f)| (*port, f.servers.len()))
+                        .collect(),
+                };
+                let served = memo.occupancy(key.frontend);
+                self.served = Some(memo);
+                served
+            }
         };
         match served.full(&self.limits, key.frontend) {
             None => Ok(()),

@@ -875,3 +875,24 @@ fn a_summary_that_saw_a_change_is_not_kept() {
         "a summary of one state is kept"
     );
 }
+
+/// A registration refused for room is refused again from what was served
+/// then, until the registry changes (here a delete) or a lease ends (see
+/// `size_bounds`): never a stale refusal.
+#[test]
+fn a_refusal_for_room_is_remembered_until_the_registry_changes() {
+    let mut r = reg();
+    for s in 1..=3 {
+        r.apply(add(443, &format!("203.0.113.{s}:1"), "a"), T0)
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let e = r.apply(add(443, "203.0.113.4:1", "a"), T0 + 1).unwrap_err();
+        assert!(e.to_string().contains("max-servers-per-frontend"), "{e}");
+    }
+    // A delete makes room at once.
+    r.apply(del(443, "203.0.113.3:1", "a"), T0 + 2).unwrap();
+    r.apply(add(443, "203.0.113.4:1", "a"), T0 + 3).unwrap();
+
+    r.check_invariants().unwrap();
+}
