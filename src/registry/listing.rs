@@ -132,14 +132,7 @@ impl Registry {
             run.next_expiry_ms = earliest(run.next_expiry_ms, Some(end));
             match self.admit(k, |p| self.is_live_frontend(p, now_ms)) {
                 Ok(()) => live.push((k, p, e)),
-                Err(why) => run.refused.push(RefusedView {
-                    frontend: k.frontend,
-                    server: k.server,
-                    name: e.name().clone(),
-                    peer: p.node.clone(),
-                    reason: why.label(),
-                    message: why.to_string(),
-                }),
+                Err(why) => run.refused.push(why.view(k, e.name(), &p.node)),
             }
         }
         let Some(owner) = live

@@ -188,6 +188,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// How status lists the server at `key` (named `name`, from `peer`)
+    /// that this refusal leaves out.
+    pub fn view(&self, key: &Key, name: &ServiceName, peer: &PeerId) -> RefusedView {
+        RefusedView {
+            frontend: key.frontend,
+            server: key.server,
+            name: name.clone(),
+            peer: peer.clone(),
+            reason: self.label(),
+            message: self.to_string(),
+        }
+    }
+
     /// A stable label for metrics and JSON.
     pub fn label(&self) -> &'static str {
         match self {
@@ -1078,14 +1091,7 @@ impl Registry {
             .listed
             .iter()
             .take(max)
-            .map(|((peer, key), (name, why))| RefusedView {
-                frontend: key.frontend,
-                server: key.server,
-                name: name.clone(),
-                peer: peer.clone(),
-                reason: why.label(),
-                message: why.to_string(),
-            })
+            .map(|((peer, key), (name, why))| why.view(key, name, peer))
             .collect();
         let room = max.saturating_sub(out.len());
         out.extend(in_view.into_iter().take(room));
@@ -1270,14 +1276,7 @@ impl Registry {
             |(k, p, e)| match self.admit(k, |port| live_frontends.contains(&port)) {
                 Ok(()) => true,
                 Err(why) => {
-                    refused.push(view::RefusedView {
-                        frontend: k.frontend,
-                        server: k.server,
-                        name: e.name().clone(),
-                        peer: p.node.clone(),
-                        reason: why.label(),
-                        message: why.to_string(),
-                    });
+                    refused.push(why.view(k, e.name(), &p.node));
                     false
                 }
             },
@@ -1323,15 +1322,7 @@ impl Registry {
                 continue;
             }
             if let Some(why) = over.get(&k) {
-                let why = Refusal::from(*why);
-                refused.push(view::RefusedView {
-                    frontend: k.frontend,
-                    server: k.server,
-                    name: name.clone(),
-                    peer: p.node.clone(),
-                    reason: why.label(),
-                    message: why.to_string(),
-                });
+                refused.push(Refusal::from(*why).view(&k, name, &p.node));
                 continue;
             }
             frontends
